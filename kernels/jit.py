@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numba
 
-_FLAGS = dict(nopython=True, nogil=True, cache=True, fastmath=False, error_model="numpy")
+_FLAGS = dict(nogil=True, cache=True, fastmath=False, error_model="numpy")
 
 
 def kernel(fn=None, **overrides):

@@ -69,6 +69,17 @@ class PriorState:
         return PriorState(**{f.name: getattr(self, f.name).copy() for f in dataclasses.fields(self)})
 
 
+@dataclasses.dataclass(frozen=True)
+class CommittedBatch:
+    """What a store keeps of a committed batch: enough to answer a repeated `finalize`."""
+
+    batch_id: str
+    digest: str
+    input_digest: str  # fingerprint of the proofs as submitted, see `stepbatch.verdicts.input_digest`
+    counts: dict[str, int]
+    verdicts: pa.Table  # VERDICT_SCHEMA, rebuilt from what the store holds
+
+
 @dataclasses.dataclass
 class BatchOutcome:
     """Everything validation decided about one batch, in the form a store commits it.
@@ -81,6 +92,7 @@ class BatchOutcome:
     batch_id: str
     batch_time_ms: int | None
     digest: str
+    input_digest: str
     counts: dict[str, int]
     proofs: pa.Table
     verdicts: pa.Table
@@ -97,8 +109,8 @@ class Store(Protocol):
     def load_state(self, keys: StateKeys) -> PriorState:
         """Prior state for `keys`, in a few round trips, never one per row."""
 
-    def committed(self, batch_id: str) -> dict | None:
-        """`{"digest": str, "counts": {code: n}}` of a committed batch, or None."""
+    def committed(self, batch_id: str) -> CommittedBatch | None:
+        """The committed batch of that id, or None."""
 
     def commit(self, outcome: BatchOutcome) -> None:
         """Apply the outcome atomically, guarded on `outcome.prior`; raise StaleStateError if it moved."""

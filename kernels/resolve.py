@@ -1,0 +1,123 @@
+"""The stateful resolver: SPEC §4 checks 6–11 and the state rules, applied row by row in batch order.
+
+Everything arrives as dense integer codes (accounts, triangles and (account, nonce) pairs factorized
+by the caller) and state arrays aligned with them, so one sequential pass with no hashing or lookups
+gives exactly the verdicts of validating the rows one at a time. The pass is inherently sequential
+(row i may depend on any earlier row), which is why it is a plain `@kernel` and not parallel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kernels.geo import haversine_m
+from kernels.jit import kernel
+
+# Code values (stepbatch.codes.Code); the kernel cannot import the enum.
+ACCEPTED = 0
+NONCE_REPLAY = 6
+TRIANGLE_NOT_FOUND = 7
+TRIANGLE_NOT_ACTIVE = 8
+OUT_OF_BOUNDS = 9
+TOO_FAST = 10
+MORATORIUM = 11
+
+# Triangle states (stepbatch.codes.TriangleState).
+MISSING = -1
+ACTIVE = 0
+SUBDIVIDED = 1
+EXHAUSTED = 2
+
+MAX_LEVEL = 21
+
+
+@kernel
+def resolve_rows(pre_code, out_of_bounds, row_account, row_pair, row_triangle, lat_deg, lon_deg, ts_ms,
+                 triangle_level, triangle_children, reward_micro_by_level,
+                 account_balance_micro, account_proof_count, account_has_last, account_last_lat,
+                 account_last_lon, account_last_ts_ms, triangle_state, triangle_clicks, nonce_used,
+                 speed_limit_mps, moratorium_ms, subdivide_at_clicks,
+                 out_code, out_reward_micro, out_click_number, out_speed_mps, out_detail,
+                 out_subdivided):
+    """Resolve every row in order, mutating the state arrays into the state after the batch.
+
+    pre_code: uint8 code of the first failing stateless check (0 when checks 1–5 all passed).
+    out_of_bounds: bool, check 9 (point not in the claimed triangle), computed statelessly.
+    row_*: int index into the account / pair / triangle arrays (only read where pre_code == 0).
+    triangle_children: (n_triangles, 4) index of each child in the triangle arrays, -1 when the child
+    is not one the batch names (its creation is then the store's business, not the batch's).
+    out_click_number is 0 for a rejected row, out_speed_mps NaN where no speed was measured.
+    out_detail carries what a verdict message needs: the triangle state for TRIANGLE_NOT_ACTIVE, Δt in
+    ms for TOO_FAST and MORATORIUM, the triangle's level for ACCEPTED.
+    """
+    n = pre_code.shape[0]
+    for i in range(n):
+        out_reward_micro[i] = 0
+        out_click_number[i] = 0
+        out_speed_mps[i] = np.nan
+        out_detail[i] = 0
+        out_subdivided[i] = False
+        code = pre_code[i]
+        if code != ACCEPTED:
+            out_code[i] = code
+            continue
+        acc = row_account[i]
+        pair = row_pair[i]
+        tri = row_triangle[i]
+        if nonce_used[pair]:
+            out_code[i] = NONCE_REPLAY
+            continue
+        state = triangle_state[tri]
+        if state == MISSING:
+            out_code[i] = TRIANGLE_NOT_FOUND
+            continue
+        if state != ACTIVE:
+            out_code[i] = TRIANGLE_NOT_ACTIVE
+            out_detail[i] = state
+            continue
+        if out_of_bounds[i]:
+            out_code[i] = OUT_OF_BOUNDS
+            continue
+        if account_has_last[acc]:
+            dt_ms = ts_ms[i] - account_last_ts_ms[acc]
+            out_detail[i] = dt_ms
+            if dt_ms <= 0:
+                out_code[i] = TOO_FAST
+                continue
+            distance_m = haversine_m(account_last_lat[acc], account_last_lon[acc], lat_deg[i], lon_deg[i])
+            speed_mps = distance_m / (dt_ms / 1000.0)
+            out_speed_mps[i] = speed_mps
+            if speed_mps > speed_limit_mps:
+                out_code[i] = TOO_FAST
+                continue
+            if dt_ms < moratorium_ms:
+                out_code[i] = MORATORIUM
+                continue
+
+        level = triangle_level[tri]
+        reward = reward_micro_by_level[level - 1]
+        clicks = triangle_clicks[tri] + 1
+        triangle_clicks[tri] = clicks
+        out_code[i] = ACCEPTED
+        out_detail[i] = level
+        out_reward_micro[i] = reward
+        out_click_number[i] = clicks
+        nonce_used[pair] = True
+        account_balance_micro[acc] += reward
+        account_proof_count[acc] += 1
+        account_has_last[acc] = True
+        account_last_lat[acc] = lat_deg[i]
+        account_last_lon[acc] = lon_deg[i]
+        account_last_ts_ms[acc] = ts_ms[i]
+        if clicks >= subdivide_at_clicks:
+            out_subdivided[i] = True
+            if level >= MAX_LEVEL:
+                triangle_state[tri] = EXHAUSTED
+            else:
+                triangle_state[tri] = SUBDIVIDED
+                for c in range(4):
+                    child = triangle_children[tri, c]
+                    if child >= 0 and triangle_state[child] == MISSING:
+                        triangle_state[child] = ACTIVE
+                        triangle_clicks[child] = 0
+

@@ -1,0 +1,5 @@
+import sys
+
+from stepbatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""The `stepbatch` command line: one module per command, one driver that maps failures to exit codes.
+
+Exit codes (SPEC §6): 0 success; 2 usage or unreadable input; 1 anything else, with one clear line on
+stderr and never a traceback for an expected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name → module under stepbatch.cli; each module defines `register(subparsers)`, which adds
+# its parser and sets `func(args) -> int`.
+COMMANDS = {
+    "demo": "demo",
+    "gen": "gen",
+    "replay": "replay",
+    "mesh": "mesh",
+    "bench": "bench",
+    "report": "report",
+    "db": "db",
+}
+
+
+class UsageError(Exception):
+    """Bad arguments or unreadable input: exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stepbatch",
+        description="Vectorized batch validator for STEP proofs of location.")
+    parser.add_argument("--mongodb-uri", default=None,
+                        help="MongoDB URI (default: $MONGODB_URI, else the embedded SecantusDB server)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"stepbatch.cli.{module}")
+        except ModuleNotFoundError as err:
+            if err.name != f"stepbatch.cli.{module}":
+                raise
+            continue
+        mod.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from stepbatch.ingest import ProofSourceError
+    from stepbatch.store.base import StoreError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ProofSourceError) as err:
+        print(f"stepbatch {args.command}: {err}", file=sys.stderr)
+        return 2
+    except StoreError as err:
+        print(f"stepbatch {args.command}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"stepbatch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

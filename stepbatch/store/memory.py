@@ -1,0 +1,123 @@
+"""An in-memory store: replays without a database, consensus simulations, and the tests' baseline.
+
+It holds exactly what the MongoDB store holds, in dicts keyed like its collections, and follows the
+same commit rules (guarded on the prior state, children of a subdivided triangle created unless they
+already exist), so a batch gives the same verdicts against either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Iterable
+
+import numpy as np
+
+from stepbatch import mesh
+from stepbatch.codes import TriangleState
+from stepbatch.store.base import BatchOutcome, CommittedBatch, PriorState, StaleStateError, StateKeys
+
+
+@dataclasses.dataclass
+class _Account:
+    balance_micro: int = 0
+    proof_count: int = 0
+    last: tuple[float, float, int] | None = None  # (lat_deg, lon_deg, ts_ms)
+
+
+class MemoryStore:
+    """State in process memory; `triangles` are ids that exist from the start, active with 0 clicks."""
+
+    def __init__(self, triangles: Iterable[str] = ()):
+        self._lock = threading.Lock()
+        self.triangles: dict[str, list[int]] = {}  # id → [state, clicks]
+        self.accounts: dict[str, _Account] = {}
+        self.nonces: set[tuple[str, str]] = set()
+        self.batches: dict[str, CommittedBatch] = {}
+        self.add_triangles(triangles)
+
+    def add_triangles(self, triangle_ids: Iterable[str]) -> None:
+        """Make these triangles exist (active, 0 clicks); ones that already exist are left as they are."""
+        with self._lock:
+            for triangle_id in triangle_ids:
+                mesh.decode_id(triangle_id)
+                self.triangles.setdefault(triangle_id, [int(TriangleState.ACTIVE), 0])
+
+    def load_state(self, keys: StateKeys) -> PriorState:
+        state = PriorState.empty(keys)
+        with self._lock:
+            for i, address in enumerate(keys.accounts.to_pylist()):
+                account = self.accounts.get(address)
+                if account is None:
+                    continue
+                state.account_balance_micro[i] = account.balance_micro
+                state.account_proof_count[i] = account.proof_count
+                if account.last is not None:
+                    state.account_has_last[i] = True
+                    (state.account_last_lat[i], state.account_last_lon[i],
+                     state.account_last_ts_ms[i]) = account.last
+            for i, triangle_id in enumerate(keys.triangles.to_pylist()):
+                triangle = self.triangles.get(triangle_id)
+                if triangle is not None:
+                    state.triangle_state[i], state.triangle_clicks[i] = triangle
+            pairs = zip(keys.nonce_accounts.to_pylist(), keys.nonces.to_pylist())
+            state.nonce_used[:] = [pair in self.nonces for pair in pairs]
+        return state
+
+    def committed(self, batch_id: str) -> CommittedBatch | None:
+        with self._lock:
+            return self.batches.get(batch_id)
+
+    def commit(self, outcome: BatchOutcome) -> None:
+        keys, prior, final = outcome.keys, outcome.prior, outcome.final
+        with self._lock:
+            if outcome.batch_id in self.batches:
+                raise StaleStateError(f"batch {outcome.batch_id} was committed meanwhile")
+            if not self._unchanged_since(keys, prior):
+                raise StaleStateError("state changed since it was loaded for this batch")
+
+            triangle_ids = keys.triangles.to_pylist()
+            for i, triangle_id in enumerate(triangle_ids):
+                if final.triangle_state[i] != TriangleState.MISSING:
+                    self.triangles[triangle_id] = [int(final.triangle_state[i]),
+                                                   int(final.triangle_clicks[i])]
+            for row in outcome.subdivided_rows:
+                if final.triangle_state[outcome.row_triangle[row]] == TriangleState.SUBDIVIDED:
+                    for child in mesh.children(triangle_ids[outcome.row_triangle[row]]):
+                        self.triangles.setdefault(child, [int(TriangleState.ACTIVE), 0])
+
+            for i, address in enumerate(keys.accounts.to_pylist()):
+                if final.account_proof_count[i] == prior.account_proof_count[i]:
+                    continue
+                self.accounts[address] = _Account(
+                    balance_micro=int(final.account_balance_micro[i]),
+                    proof_count=int(final.account_proof_count[i]),
+                    last=(float(final.account_last_lat[i]), float(final.account_last_lon[i]),
+                          int(final.account_last_ts_ms[i])),
+                )
+            used = np.flatnonzero(final.nonce_used & ~prior.nonce_used)
+            nonce_accounts, nonces = keys.nonce_accounts.to_pylist(), keys.nonces.to_pylist()
+            self.nonces.update((nonce_accounts[i], nonces[i]) for i in used)
+            self.batches[outcome.batch_id] = CommittedBatch(
+                batch_id=outcome.batch_id, digest=outcome.digest, input_digest=outcome.input_digest,
+                counts=dict(outcome.counts), verdicts=outcome.verdicts)
+
+    def _unchanged_since(self, keys: StateKeys, prior: PriorState) -> bool:
+        for i, address in enumerate(keys.accounts.to_pylist()):
+            account = self.accounts.get(address)
+            if (account.proof_count if account else 0) != prior.account_proof_count[i]:
+                return False
+        for i, triangle_id in enumerate(keys.triangles.to_pylist()):
+            state, clicks = self.triangles.get(triangle_id, (TriangleState.MISSING, 0))
+            if state != prior.triangle_state[i] or clicks != prior.triangle_clicks[i]:
+                return False
+        return True
+
+    def close(self) -> None:
+        """Nothing to release; present so every store can be used the same way."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,152 @@
+"""The driver: ingest → stateless checks → resolve → (commit), one batch at a time.
+
+`validate` never writes; `finalize` validates and commits in one store transaction, re-validating
+against fresh state when another writer moved it (optimistic concurrency, bounded retries).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from stepbatch import crypto
+from stepbatch.config import Config
+from stepbatch.ingest import read_proofs
+from stepbatch.resolve import resolve
+from stepbatch.stateless import stateless_checks
+from stepbatch.store.base import BatchOutcome, StaleStateError, Store, StoreError
+from stepbatch.verdicts import build_verdicts, counts_by_code, input_digest, verdict_digest
+
+
+class BatchConflictError(StoreError):
+    """A batch id that was committed with other content, or that gave another digest."""
+
+
+@dataclasses.dataclass
+class BatchResult:
+    verdicts: pa.Table
+    digest: str
+    batch_id: str
+    counts: dict[str, int]
+    timings: dict[str, float]
+    committed: bool = False
+    outcome: BatchOutcome | None = dataclasses.field(default=None, repr=False)
+
+
+class Validator:
+    """Validates proof batches against a store; holds the signature thread pool for its lifetime.
+
+    `store` defaults to `MongoStore()` (MONGODB_URI, else the embedded server); pass a `MemoryStore`
+    to validate without a database. A store passed in stays the caller's to close.
+    """
+
+    def __init__(self, store: Store | None = None, config: Config | None = None):
+        self.config = config or Config.from_env()
+        self._owns_store = store is None
+        if store is None:
+            from stepbatch.store.mongo import MongoStore
+            store = MongoStore(self.config.mongodb_uri, self.config.db_name, config=self.config)
+        self.store = store
+        self._recoverer = crypto.SignatureRecoverer(self.config.threads)
+
+    def validate(self, batch, batch_id: str | None = None, batch_time=None) -> BatchResult:
+        """Verdicts for `batch` against the store's current state; writes nothing."""
+        started = time.perf_counter()
+        proofs = read_proofs(batch)
+        timings = {"ingest": time.perf_counter() - started}
+        return self._validate(proofs, batch_id, _epoch_ms(batch_time), timings)
+
+    def finalize(self, batch, batch_id: str, batch_time=None) -> BatchResult:
+        """Validate and commit `batch` as `batch_id`: one transaction, no double spend under concurrency.
+
+        Finalizing a committed batch id again returns the stored result if the proofs are the same,
+        and raises BatchConflictError if they are not.
+        """
+        if not batch_id:
+            raise ValueError("finalize needs a batch_id")
+        started = time.perf_counter()
+        proofs = read_proofs(batch)
+        timings = {"ingest": time.perf_counter() - started}
+        batch_time_ms = _epoch_ms(batch_time)
+        fingerprint = input_digest(proofs)
+        for _attempt in range(self.config.commit_retries + 1):
+            stored = self.store.committed(batch_id)
+            if stored is not None:
+                if stored.input_digest != fingerprint:
+                    raise BatchConflictError(
+                        f"batch {batch_id} was already committed with different proofs "
+                        f"(stored digest {stored.digest})")
+                return BatchResult(verdicts=stored.verdicts, digest=stored.digest, batch_id=batch_id,
+                                   counts=dict(stored.counts), timings=timings, committed=True)
+            result = self._validate(proofs, batch_id, batch_time_ms, dict(timings), fingerprint)
+            commit_started = time.perf_counter()
+            try:
+                self.store.commit(result.outcome)
+            except StaleStateError:
+                continue
+            result.timings["commit"] = time.perf_counter() - commit_started
+            result.committed = True
+            return result
+        raise StoreError(f"batch {batch_id}: state kept changing under concurrent writers; gave up "
+                         f"after {self.config.commit_retries + 1} attempts")
+
+    def _validate(self, proofs: pa.Table, batch_id: str | None, batch_time_ms: int | None,
+                  timings: dict[str, float], fingerprint: str | None = None) -> BatchResult:
+        fingerprint = fingerprint or input_digest(proofs)
+        batch_id = batch_id if batch_id is not None else fingerprint[:32]
+
+        stateless = stateless_checks(proofs, self.config, batch_time_ms, self._recoverer)
+        timings.update(stateless.timings)
+
+        started = time.perf_counter()
+        resolution = resolve(proofs, stateless.code, stateless.out_of_bounds, self.store, self.config)
+        timings["resolve"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        detail = np.where(stateless.code == 0, resolution.detail, stateless.drift_ms)
+        verdicts = build_verdicts(proofs, resolution.code, detail, resolution.reward_micro,
+                                  resolution.click_number, resolution.speed_mps, resolution.subdivided,
+                                  stateless.recovered, self.config)
+        digest = verdict_digest(batch_id, verdicts)
+        counts = counts_by_code(resolution.code)
+        timings["verdicts"] = time.perf_counter() - started
+
+        outcome = BatchOutcome(
+            batch_id=batch_id, batch_time_ms=batch_time_ms, digest=digest, input_digest=fingerprint,
+            counts=counts, proofs=proofs, verdicts=verdicts, keys=resolution.keys,
+            prior=resolution.prior, final=resolution.final, row_account=resolution.row_account,
+            row_triangle=resolution.row_triangle, row_pair=resolution.row_pair,
+            subdivided_rows=np.flatnonzero(resolution.subdivided))
+        return BatchResult(verdicts=verdicts, digest=digest, batch_id=batch_id, counts=counts,
+                           timings=timings, outcome=outcome)
+
+    def close(self) -> None:
+        self._recoverer.close()
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _epoch_ms(batch_time) -> int | None:
+    """A datetime (naive means UTC) or epoch milliseconds → epoch milliseconds."""
+    if batch_time is None:
+        return None
+    if isinstance(batch_time, dt.datetime):
+        if batch_time.tzinfo is None:
+            batch_time = batch_time.replace(tzinfo=dt.timezone.utc)
+        return (batch_time - _EPOCH) // dt.timedelta(milliseconds=1)
+    if isinstance(batch_time, (int, np.integer)) and not isinstance(batch_time, bool):
+        return int(batch_time)
+    raise TypeError(f"batch_time must be a datetime or epoch milliseconds, got {type(batch_time).__name__}")

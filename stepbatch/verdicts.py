@@ -1,0 +1,177 @@
+"""The verdict table, its messages and the digests of SPEC §4.
+
+The digest is what validators compare in a consensus round, so its text is built exactly as SPEC §4
+writes it and hashed in one pass over one Arrow buffer. Messages are for people and are not part of
+the digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from stepbatch.codes import CODE_NAMES, Code, TriangleState
+from stepbatch.config import Config
+from stepbatch.schema import VERDICT_SCHEMA
+
+V1 = "STEP-PROOF-v1"
+
+_V2_REFUSAL = (
+    "STEP-PROOF-v2 is refused: its canonical form (JSON.stringify(payload, sortedTopLevelKeys)) drops "
+    "every nested field, so the signature does not cover the location")
+
+_CODE_STRINGS = pa.array(CODE_NAMES, pa.string())
+
+
+def code_names(codes: np.ndarray) -> pa.Array:
+    """uint8 codes → their names as a string array."""
+    return _CODE_STRINGS.take(pa.array(codes, pa.uint8()))
+
+
+def build_verdicts(proofs: pa.Table, code: np.ndarray, detail: np.ndarray, reward_micro: np.ndarray,
+                   click_number: np.ndarray, speed_mps: np.ndarray, subdivided: np.ndarray,
+                   recovered: pa.Array, config: Config) -> pa.Table:
+    """One verdict row per proof (VERDICT_SCHEMA).
+
+    `detail` holds the number a message needs (clock drift or Δt in ms, triangle state, level);
+    `recovered` the address a BAD_SIGNATURE row recovered to (null where it did not recover).
+    `click_number` 0 and `speed_mps` NaN mean null.
+    """
+    n = len(code)
+    accepted = code == Code.ACCEPTED
+    frame = pl.DataFrame({
+        "code": code,
+        "detail": detail,
+        "reward": reward_micro,
+        "click": click_number,
+        "speed": speed_mps,
+        "subdivided": subdivided,
+        "payload_error": pl.from_arrow(proofs.column("payload_error")),
+        "version": pl.from_arrow(proofs.column("version")),
+        "accuracy": pl.from_arrow(proofs.column("accuracy")),
+        "triangle_id": pl.from_arrow(proofs.column("triangle_id")),
+        "recovered": pl.from_arrow(recovered),
+    })
+    message = frame.select(_message_expr(config).alias("message")).to_series().to_arrow()
+    return pa.Table.from_arrays([
+        pa.array(np.arange(n, dtype=np.int64)),
+        proofs.column("account").combine_chunks(),
+        proofs.column("nonce").combine_chunks(),
+        proofs.column("triangle_id").combine_chunks(),
+        code_names(code),
+        message.cast(pa.string()),
+        pa.array(reward_micro, pa.int64()),
+        pa.array(click_number, pa.int64(), mask=~accepted),
+        pa.array(speed_mps, pa.float64(), mask=np.isnan(speed_mps)),
+    ], schema=VERDICT_SCHEMA)
+
+
+def _message_expr(config: Config) -> pl.Expr:
+    code, detail = pl.col("code"), pl.col("detail")
+    state_name = (pl.when(detail == TriangleState.SUBDIVIDED).then(pl.lit("subdivided"))
+                  .otherwise(pl.lit("exhausted")))
+    accepted = pl.format("accepted: click {} on level {} triangle, reward {} micro-STEP",
+                         pl.col("click"), detail, pl.col("reward"))
+    return (
+        pl.when(code == Code.ACCEPTED).then(
+            pl.when(pl.col("subdivided"))
+            .then(pl.concat_str([accepted, pl.lit("; the triangle is now "),
+                                 pl.when(detail >= 21).then(pl.lit("exhausted"))
+                                 .otherwise(pl.lit("subdivided"))]))
+            .otherwise(accepted))
+        .when(code == Code.INVALID_PAYLOAD).then(pl.col("payload_error"))
+        .when(code == Code.UNSUPPORTED_VERSION).then(
+            pl.when(pl.col("version") == "STEP-PROOF-v2").then(pl.lit(_V2_REFUSAL))
+            .otherwise(pl.format("unsupported version '{}': only {} is accepted", pl.col("version"),
+                                 pl.lit(V1))))
+        .when(code == Code.LOW_GPS_ACCURACY).then(
+            pl.format("GPS accuracy {} m is outside (0, {}] m", pl.col("accuracy"),
+                      pl.lit(_number(config.gps_max_accuracy_m))))
+        .when(code == Code.CLOCK_DRIFT).then(
+            pl.format("timestamp is {} ms from the reference time; at most {} ms allowed",
+                      detail.abs(), pl.lit(config.clock_drift_ms)))
+        .when(code == Code.BAD_SIGNATURE).then(
+            pl.when(pl.col("recovered").is_null())
+            .then(pl.lit("signature does not recover to any public key"))
+            .otherwise(pl.format("signature recovers to {}, not to the account", pl.col("recovered"))))
+        .when(code == Code.NONCE_REPLAY).then(
+            pl.lit("nonce already used by an accepted proof of this account"))
+        .when(code == Code.TRIANGLE_NOT_FOUND).then(
+            pl.format("triangle {} does not exist", pl.col("triangle_id")))
+        .when(code == Code.TRIANGLE_NOT_ACTIVE).then(
+            pl.format("triangle {} is {}, not active", pl.col("triangle_id"), state_name))
+        .when(code == Code.OUT_OF_BOUNDS).then(
+            pl.format("point is outside triangle {}", pl.col("triangle_id")))
+        .when(code == Code.TOO_FAST).then(
+            pl.when(pl.col("speed").is_nan())
+            .then(pl.format("timestamp is not after the account's last accepted proof (Δt = {} ms)",
+                            detail))
+            .otherwise(pl.format("{} m/s since the last accepted proof exceeds {} m/s",
+                                 pl.col("speed").round(3), pl.lit(_number(config.speed_limit_mps)))))
+        .when(code == Code.MORATORIUM).then(
+            pl.format("{} ms since the last accepted proof; at least {} ms required", detail,
+                      pl.lit(config.moratorium_ms)))
+        .otherwise(pl.lit("unknown code"))
+    )
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def counts_by_code(code: np.ndarray) -> dict[str, int]:
+    """{code name: rows} for the codes that occur, in check order."""
+    counts = np.bincount(code, minlength=len(CODE_NAMES))
+    return {CODE_NAMES[i]: int(c) for i, c in enumerate(counts) if c}
+
+
+def verdict_digest(batch_id: str, verdicts: pa.Table) -> str:
+    """SHA-256 of `STEP-BATCH-VERDICTS-v1:{batch_id}:{n}\\n` and one `{index}:{code}:{reward}:{click}\\n` a row."""
+    n = verdicts.num_rows
+    sha = hashlib.sha256(f"STEP-BATCH-VERDICTS-v1:{batch_id}:{n}\n".encode())
+    if n:
+        click = pc.fill_null(pc.cast(verdicts.column("click_number"), pa.string()), "")
+        lines = pc.binary_join_element_wise(
+            pc.cast(verdicts.column("index"), pa.string()),
+            verdicts.column("code"),
+            pc.cast(verdicts.column("reward_micro"), pa.string()),
+            pc.binary_join_element_wise(click, "\n", ""),
+            ":",
+        ).combine_chunks()
+        sha.update(_string_bytes(lines))
+    return sha.hexdigest()
+
+
+def input_digest(proofs: pa.Table) -> str:
+    """A fingerprint of the proofs as submitted: the signed fields, signature, received_at and the
+    ingest verdict on each row. Two submissions under one batch id are the same batch iff it matches."""
+    sha = hashlib.sha256(f"STEP-BATCH-INPUT-v1:{proofs.num_rows}\n".encode())
+    for name in ("version", "account", "triangle_id", "timestamp", "nonce", "signature",
+                 "payload_error"):
+        column = proofs.column(name).combine_chunks()
+        sha.update(name.encode())
+        sha.update(np.asarray(pc.fill_null(pc.binary_length(column), -1), np.int64).tobytes())
+        sha.update(_string_bytes(pc.fill_null(column, "")))
+    for name in ("lat", "lon", "accuracy"):
+        values = proofs.column(name).combine_chunks()
+        sha.update(name.encode())
+        sha.update(np.asarray(values.is_null()).tobytes())
+        sha.update(np.asarray(pc.fill_null(values, 0.0), np.float64).tobytes())
+    received = pc.cast(proofs.column("received_at"), pa.int64()).combine_chunks()
+    sha.update(np.asarray(received.is_null()).tobytes())
+    sha.update(np.asarray(pc.fill_null(received, 0), np.int64).tobytes())
+    return sha.hexdigest()
+
+
+def _string_bytes(array: pa.Array) -> memoryview:
+    """The concatenated UTF-8 of a string array without nulls, straight from its data buffer."""
+    array = array.cast(pa.large_string()) if pa.types.is_string(array.type) else array
+    offsets = np.frombuffer(array.buffers()[1], np.int64, len(array) + 1, array.offset * 8)
+    data = array.buffers()[2]
+    if data is None:
+        return memoryview(b"")
+    return memoryview(data)[offsets[0]:offsets[-1]]
