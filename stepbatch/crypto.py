@@ -28,7 +28,7 @@ from stepbatch.secp256k1 import (InvalidPrivateKeyError, MalformedSignatureError
 __all__ = [
     "canonical_message", "canonical_messages", "eip191_digest", "eip191_digests", "keccak256",
     "ParsedSignatures", "parse_signatures", "parse_accounts", "SignatureRecoverer",
-    "recover_addresses", "recover_address", "signatures_match", "sign_proof", "sign_digests",
+    "recover_addresses", "recover_address", "check_signers", "SignerCheck", "signatures_match", "sign_proof", "sign_digests",
     "signatures_to_hex", "addresses_to_hex", "address_of", "MalformedSignatureError",
     "UnrecoverableSignatureError", "InvalidPrivateKeyError",
 ]
@@ -192,12 +192,18 @@ class SignatureRecoverer:
         return addr20, ok
 
 
-def signatures_match(table: pa.Table, recoverer: SignatureRecoverer,
-                     rows: np.ndarray | None = None) -> np.ndarray:
-    """bool[n]: the row's signature parses, recovers, and its signer equals `account` (any case).
+class SignerCheck(NamedTuple):
+    matches: np.ndarray  # bool[n]: the signature parses, recovers, and its signer is the account
+    signers: np.ndarray  # (n, 20) uint8 recovered addresses, meaningful where `recovered`
+    recovered: np.ndarray  # bool[n]: a public key was recovered
+
+
+def check_signers(table: pa.Table, recoverer: SignatureRecoverer,
+                  rows: np.ndarray | None = None) -> SignerCheck:
+    """Recover each row's signer and compare it with `account` (any case).
 
     `table` is flat (account, triangle_id, lat, lon, accuracy, timestamp, nonce, signature); only the
-    listed rows are checked (all when None), the others are False.
+    listed rows are checked (all when None), the others do not match.
     """
     digests = eip191_digests(canonical_messages(table))
     parsed = parse_signatures(table.column("signature"))
@@ -208,7 +214,13 @@ def signatures_match(table: pa.Table, recoverer: SignatureRecoverer,
         listed[np.asarray(rows, dtype=np.int64)] = True
         candidates &= listed
     signers, ok = recoverer.recover(digests, parsed.sig65, np.flatnonzero(candidates))
-    return ok & (signers == accounts).all(axis=1)
+    return SignerCheck(ok & (signers == accounts).all(axis=1), signers, ok)
+
+
+def signatures_match(table: pa.Table, recoverer: SignatureRecoverer,
+                     rows: np.ndarray | None = None) -> np.ndarray:
+    """bool[n]: `check_signers(...).matches`."""
+    return check_signers(table, recoverer, rows).matches
 
 
 def recover_addresses(messages: pa.Array | Sequence[str | None],

@@ -76,20 +76,15 @@ def stateless_checks(proofs: pa.Table, config: Config, batch_time_ms: int | None
 
 def _check_signatures(proofs: pa.Table, candidates: np.ndarray,
                       recoverer: crypto.SignatureRecoverer) -> tuple[np.ndarray, pa.Array]:
-    """Recover the signer of each candidate row; bad[i] when candidate i is not signed by its account.
-
-    Also returns, aligned with all rows, the address each bad row recovered to (null if none)."""
-    subset = proofs.take(pa.array(candidates))
-    digests = crypto.eip191_digests(crypto.canonical_messages(subset))
-    signatures = crypto.parse_signatures(subset.column("signature"))
-    account_bytes, _ = crypto.parse_accounts(subset.column("account"))
-    signer_bytes, ok = recoverer.recover(digests, signatures.sig65)
-    bad = ~(ok & np.all(signer_bytes == account_bytes, axis=1))
-
-    recovered = np.full(proofs.num_rows, None, dtype=object)
-    wrong_signer = np.flatnonzero(bad & ok)
-    recovered[candidates[wrong_signer]] = ["0x" + bytes(a).hex() for a in signer_bytes[wrong_signer]]
-    return bad, pa.array(recovered, pa.string())
+    """bad[i] when candidate row i is not signed by its account, and, aligned with all rows, the
+    address each bad row recovered to (null where none recovered)."""
+    check = crypto.check_signers(proofs.take(pa.array(candidates)), recoverer)
+    bad = ~check.matches
+    recovered = np.zeros((proofs.num_rows, 20), np.uint8)
+    recovered_ok = np.zeros(proofs.num_rows, np.bool_)
+    recovered[candidates] = check.signers
+    recovered_ok[candidates] = bad & check.recovered
+    return bad, crypto.addresses_to_hex(recovered, recovered_ok)
 
 
 def _fail(code: np.ndarray, failed: np.ndarray, value: Code) -> None:

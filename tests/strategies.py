@@ -60,13 +60,27 @@ def point_in(triangle_id: str, weights) -> tuple[float, float]:
 _weights = st.tuples(*[st.floats(0.08, 1.0)] * 3)
 
 
+def signed_row(private_key: bytes, triangle_id: str, lat: float, lon: float, ts_ms: int, nonce: str,
+               accuracy: float = 10, version: str = "STEP-PROOF-v1", received_ms: int | None = None,
+               signer: bytes | None = None, upper_case: bool = False) -> dict:
+    """A flat proof row of `private_key`'s account, signed by `signer` (default: the same key)."""
+    from stepbatch import crypto
+    address = crypto.address_of(private_key)
+    payload = {"version": version, "account": "0x" + address[2:].upper() if upper_case else address,
+               "triangleId": triangle_id, "lat": lat, "lon": lon, "accuracy": accuracy,
+               "timestamp": iso_ms(ts_ms), "nonce": nonce}
+    return {"version": version, "account": payload["account"], "triangle_id": triangle_id,
+            "lat": lat, "lon": lon, "accuracy": accuracy, "timestamp": payload["timestamp"],
+            "nonce": nonce, "signature": crypto.sign_proof(signer or private_key, payload),
+            "received_at": None if received_ms is None else iso_ms(received_ms)}
+
+
 @st.composite
 def proof_rows(draw, level: int, max_rows: int = 40):
     """(seeded triangle ids, flat proof dicts) for one randomized batch sequence."""
-    from stepbatch import crypto, mesh
+    from stepbatch import mesh
     base = mesh.triangle_at(*WORLD_CENTRE, level)
     siblings = mesh.children(mesh.parent(base)) if level > 1 else [base]
-    addresses = [crypto.address_of(k) for k in ACCOUNT_KEYS]
     clocks = [_T0_MS] * len(ACCOUNT_KEYS)
     rows = []
     for _ in range(draw(st.integers(1, max_rows))):
@@ -84,31 +98,22 @@ def proof_rows(draw, level: int, max_rows: int = 40):
         clocks[who] += draw(st.sampled_from([-3_000, 0, 4_000, 4_000, 11_000, 11_000, 25_000, 90_000,
                                              3_600_000]))
         ts_ms = clocks[who]
-        payload = {
-            "version": {"version-2": "STEP-PROOF-v2", "version-0": "v0"}.get(defect, "STEP-PROOF-v1"),
-            "account": addresses[who] if draw(st.booleans()) else "0x" + addresses[who][2:].upper(),
-            "triangleId": target,
-            "lat": lat, "lon": lon,
-            "accuracy": {"accuracy-0": 0, "accuracy-high": 50.5}.get(
-                defect, draw(st.sampled_from([10, 3.5, 50]))),
-            "timestamp": iso_ms(ts_ms),
-            "nonce": draw(st.sampled_from(["n0", "n1", "n2", "n3", "n4", "n5"])),
-        }
         signer = ACCOUNT_KEYS[(who + 1) % len(ACCOUNT_KEYS)] if defect == "forged" else ACCOUNT_KEYS[who]
-        signature = crypto.sign_proof(signer, payload)
+        row = signed_row(
+            ACCOUNT_KEYS[who], target, lat, lon, ts_ms,
+            nonce=draw(st.sampled_from(["n0", "n1", "n2", "n3", "n4", "n5"])),
+            accuracy={"accuracy-0": 0, "accuracy-high": 50.5}.get(
+                defect, draw(st.sampled_from([10, 3.5, 50]))),
+            version={"version-2": "STEP-PROOF-v2", "version-0": "v0"}.get(defect, "STEP-PROOF-v1"),
+            received_ms={"drift-late": ts_ms + 130_000, "drift-early": ts_ms - 121_000,
+                         "no-received-at": None}.get(defect, ts_ms + 150),
+            signer=signer, upper_case=draw(st.booleans()))
         if defect == "tampered":
-            payload["lat"] = lat + 1e-6
+            row["lat"] = lat + 1e-6
         elif defect == "malformed":
-            signature = signature[:-4]
+            row["signature"] = row["signature"][:-4]
         elif defect == "v01":
-            signature = signature[:-2] + f"{int(signature[-2:], 16) - 27:02x}"
-        received_ms = {"drift-late": ts_ms + 130_000, "drift-early": ts_ms - 121_000}.get(
-            defect, ts_ms + 150)
-        row = {"version": payload["version"], "account": payload["account"],
-               "triangle_id": payload["triangleId"], "lat": payload["lat"], "lon": payload["lon"],
-               "accuracy": payload["accuracy"], "timestamp": payload["timestamp"],
-               "nonce": payload["nonce"], "signature": signature,
-               "received_at": None if defect == "no-received-at" else iso_ms(received_ms)}
+            row["signature"] = row["signature"][:-2] + f"{int(row['signature'][-2:], 16) - 27:02x}"
         if defect == "no-lat":
             row["lat"] = None
         elif defect == "bad-id":
