@@ -147,3 +147,15 @@ json_non_numbers = st.sampled_from([
     ("47.5", "string '47.5'"), (True, "boolean true"), (False, "boolean false"),
     ([1], "array"), ({"v": 1}, "object"), ("", "string ''"),
 ])
+
+
+# Small `stepbatch gen` configurations: the detection matrix must be exact for every one.
+gen_configs = st.fixed_dictionaries({
+    "walkers": st.integers(1, 30),
+    "proofs": st.integers(50, 400),
+    "seed": st.integers(0, 2**32 - 1),
+    "level": st.integers(12, 19),
+    "center": st.sampled_from([(47.4979, 19.0402), (-33.8688, 151.2093), (0.0, 179.999), (64.1, -21.9)]),
+    "radius_m": st.sampled_from([60.0, 400.0, 1_500.0]),
+    "attack_share": st.sampled_from([0.0, 0.2, 0.5, 0.9]),
+})

@@ -112,5 +112,8 @@ class Store(Protocol):
     def committed(self, batch_id: str) -> CommittedBatch | None:
         """The committed batch of that id, or None."""
 
+    def batch_ids(self, prefix: str) -> list[str]:
+        """Ids of the committed batches that start with `prefix` (a replay run finds its batches)."""
+
     def commit(self, outcome: BatchOutcome) -> None:
         """Apply the outcome atomically, guarded on `outcome.prior`; raise StaleStateError if it moved."""

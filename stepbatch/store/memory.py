@@ -15,7 +15,8 @@ import numpy as np
 
 from stepbatch import mesh
 from stepbatch.codes import TriangleState
-from stepbatch.store.base import BatchOutcome, CommittedBatch, PriorState, StaleStateError, StateKeys
+from stepbatch.store.base import (BatchOutcome, CommittedBatch, PriorState, StaleStateError, StateKeys,
+                                  Store)
 
 
 @dataclasses.dataclass
@@ -26,10 +27,15 @@ class _Account:
 
 
 class MemoryStore:
-    """State in process memory; `triangles` are ids that exist from the start, active with 0 clicks."""
+    """State in process memory; `triangles` are ids that exist from the start, active with 0 clicks.
 
-    def __init__(self, triangles: Iterable[str] = ()):
+    With a `backing` store, state the memory does not hold yet is read from it and every change stays
+    in memory: a dry run against a real database (`stepbatch replay --no-commit`).
+    """
+
+    def __init__(self, triangles: Iterable[str] = (), backing: Store | None = None):
         self._lock = threading.Lock()
+        self.backing = backing
         self.triangles: dict[str, list[int]] = {}  # id → [state, clicks]
         self.accounts: dict[str, _Account] = {}
         self.nonces: set[tuple[str, str]] = set()
@@ -44,7 +50,7 @@ class MemoryStore:
                 self.triangles.setdefault(triangle_id, [int(TriangleState.ACTIVE), 0])
 
     def load_state(self, keys: StateKeys) -> PriorState:
-        state = PriorState.empty(keys)
+        state = self.backing.load_state(keys) if self.backing is not None else PriorState.empty(keys)
         with self._lock:
             for i, address in enumerate(keys.accounts.to_pylist()):
                 account = self.accounts.get(address)
@@ -61,12 +67,21 @@ class MemoryStore:
                 if triangle is not None:
                     state.triangle_state[i], state.triangle_clicks[i] = triangle
             pairs = zip(keys.nonce_accounts.to_pylist(), keys.nonces.to_pylist())
-            state.nonce_used[:] = [pair in self.nonces for pair in pairs]
+            state.nonce_used |= np.fromiter((pair in self.nonces for pair in pairs), np.bool_,
+                                            len(keys.nonces))
         return state
 
     def committed(self, batch_id: str) -> CommittedBatch | None:
         with self._lock:
-            return self.batches.get(batch_id)
+            stored = self.batches.get(batch_id)
+        if stored is None and self.backing is not None:
+            return self.backing.committed(batch_id)
+        return stored
+
+    def batch_ids(self, prefix: str) -> list[str]:
+        with self._lock:
+            mine = [batch_id for batch_id in self.batches if batch_id.startswith(prefix)]
+        return mine + (self.backing.batch_ids(prefix) if self.backing is not None else [])
 
     def commit(self, outcome: BatchOutcome) -> None:
         keys, prior, final = outcome.keys, outcome.prior, outcome.final
@@ -103,11 +118,17 @@ class MemoryStore:
                 counts=dict(outcome.counts), verdicts=outcome.verdicts)
 
     def _unchanged_since(self, keys: StateKeys, prior: PriorState) -> bool:
+        """Whether what this store holds for `keys` is still `prior` (a backing store's share of the
+        state is read-only here and cannot have moved through this store)."""
         for i, address in enumerate(keys.accounts.to_pylist()):
             account = self.accounts.get(address)
+            if account is None and self.backing is not None:
+                continue
             if (account.proof_count if account else 0) != prior.account_proof_count[i]:
                 return False
         for i, triangle_id in enumerate(keys.triangles.to_pylist()):
+            if triangle_id not in self.triangles and self.backing is not None:
+                continue
             state, clicks = self.triangles.get(triangle_id, (TriangleState.MISSING, 0))
             if state != prior.triangle_state[i] or clicks != prior.triangle_clicks[i]:
                 return False

@@ -1,0 +1,477 @@
+"""STEP-TRI-v1 mesh kernels (SPEC §3): packed triangle keys, vertices, point lookup, id text.
+
+A triangle is packed into an int64 `key = (face << 45) | (level << 40) | path_bits`: face 0..19,
+level 1..21, path digit i (0-based, i < level - 1, digits 0..3) in bits [38 - 2i, 39 - 2i], first digit
+most significant, unused digits 0. Keys of one level therefore sort in face-then-path order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from kernels.geo import (CAP_MARGIN_RAD, cap_box_relation, cross, dot, in_triangle, inside_edge,
+                         latlon_is_valid, latlon_to_xyz, midpoint, min_oriented_s, normalize,
+                         passes_edge, xyz_to_latlon)
+from kernels.jit import kernel, parallel_kernel
+
+MAX_LEVEL = 21
+FACE_COUNT = 20
+INVALID_KEY = -1
+
+_PHI = (1.0 + math.sqrt(5.0)) / 2.0
+_ICOSAHEDRON_RAW = (
+    (-1.0, _PHI, 0.0), (1.0, _PHI, 0.0), (-1.0, -_PHI, 0.0), (1.0, -_PHI, 0.0),
+    (0.0, -1.0, _PHI), (0.0, 1.0, _PHI), (0.0, -1.0, -_PHI), (0.0, 1.0, -_PHI),
+    (_PHI, 0.0, -1.0), (_PHI, 0.0, 1.0), (-_PHI, 0.0, -1.0), (-_PHI, 0.0, 1.0),
+)
+FACE_VERTEX_INDICES = np.array([
+    [0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2],
+    [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5],
+    [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1],
+], dtype=np.int64)
+
+
+# The constants below are computed in plain Python by the kernels' own function bodies, so they carry
+# exactly the bits the kernels would compute. (Under NUMBA_DISABLE_JIT the kernels are plain functions.)
+_normalize, _cross, _dot = (getattr(f, "py_func", f) for f in (normalize, cross, dot))
+ICOSAHEDRON_XYZ = np.array([_normalize(v) for v in _ICOSAHEDRON_RAW], dtype=np.float64)
+FACE_XYZ = ICOSAHEDRON_XYZ[FACE_VERTEX_INDICES]  # (20, 3 vertices, 3 coordinates)
+# SPEC §3's unit edge normals of each face, edges (v0, v1), (v1, v2), (v2, v0), and s(opposite vertex).
+FACE_EDGE_NORMALS = np.array([[_normalize(_cross(f[e], f[(e + 1) % 3])) for e in range(3)]
+                              for f in FACE_XYZ.tolist()])
+FACE_S_OPPOSITE = np.array([[_dot(FACE_EDGE_NORMALS[i, e].tolist(), FACE_XYZ[i, (e + 2) % 3].tolist())
+                             for e in range(3)] for i in range(FACE_COUNT)])
+
+# ---------------------------------------------------------------------------------------- keys
+
+_LEVEL_SHIFT = 40
+_FACE_SHIFT = 45
+
+
+@kernel
+def make_key(face, level):
+    """Key of the level-`level` triangle of `face` whose path digits are all 0."""
+    return (np.int64(face) << _FACE_SHIFT) | (np.int64(level) << _LEVEL_SHIFT)
+
+
+@kernel
+def key_face(key):
+    return (key >> _FACE_SHIFT) & 31
+
+
+@kernel
+def key_level(key):
+    return (key >> _LEVEL_SHIFT) & 31
+
+
+@kernel
+def digit_shift(i):
+    """Bit position of path digit i."""
+    return 38 - 2 * i
+
+
+@kernel
+def key_digit(key, i):
+    return (key >> digit_shift(i)) & 3
+
+
+@kernel
+def parent_key(key):
+    """The parent's key; -1 for a level-1 triangle."""
+    level = key_level(key)
+    if level <= 1:
+        return np.int64(INVALID_KEY)
+    cleared = key & ~(np.int64(3) << digit_shift(level - 2))
+    return (cleared & ~(np.int64(31) << _LEVEL_SHIFT)) | (np.int64(level - 1) << _LEVEL_SHIFT)
+
+
+@kernel
+def child_key(key, c):
+    """Key of child c (0..3); -1 for a level-21 key, the deepest level."""
+    level = key_level(key)
+    if level >= MAX_LEVEL:
+        return np.int64(INVALID_KEY)
+    with_digit = key | (np.int64(c) << digit_shift(level - 1))
+    return (with_digit & ~(np.int64(31) << _LEVEL_SHIFT)) | (np.int64(level + 1) << _LEVEL_SHIFT)
+
+
+@kernel
+def key_is_valid(key):
+    """True for the one canonical packing of an existing triangle (no stray bits anywhere)."""
+    if key < 0 or (key >> 50) != 0:
+        return False
+    level = key_level(key)
+    if key_face(key) >= FACE_COUNT or level < 1 or level > MAX_LEVEL:
+        return False
+    unused_bits = 40 - 2 * (level - 1)
+    return (key & ((np.int64(1) << unused_bits) - 1)) == 0
+
+
+@parallel_kernel
+def keys_valid(keys, out_valid):
+    for i in numba.prange(keys.shape[0]):
+        out_valid[i] = key_is_valid(keys[i])
+
+
+@parallel_kernel
+def children_of_keys(keys, out_children):
+    """out_children[i, c] = child c of keys[i]; -1 for a level-21 or invalid key."""
+    for i in numba.prange(keys.shape[0]):
+        valid = key_is_valid(keys[i])
+        for c in range(4):
+            out_children[i, c] = child_key(keys[i], c) if valid else INVALID_KEY
+
+
+# ------------------------------------------------------------------------------------ geometry
+
+@kernel
+def face_vertices(face):
+    return ((FACE_XYZ[face, 0, 0], FACE_XYZ[face, 0, 1], FACE_XYZ[face, 0, 2]),
+            (FACE_XYZ[face, 1, 0], FACE_XYZ[face, 1, 1], FACE_XYZ[face, 1, 2]),
+            (FACE_XYZ[face, 2, 0], FACE_XYZ[face, 2, 1], FACE_XYZ[face, 2, 2]))
+
+
+@kernel
+def pick_child(v0, v1, v2, m01, m12, m20, c):
+    """Child c of (v0, v1, v2) given its edge midpoints, in SPEC §3's vertex order."""
+    if c == 0:
+        return v0, m01, m20
+    if c == 1:
+        return m01, v1, m12
+    if c == 2:
+        return m20, m12, v2
+    return m01, m12, m20
+
+
+@kernel
+def face_contains(face, p):
+    """SPEC §3's test of p against an icosahedron face, from the precomputed edge planes."""
+    for e in range(3):
+        s_p = (FACE_EDGE_NORMALS[face, e, 0] * p[0] + FACE_EDGE_NORMALS[face, e, 1] * p[1]
+               + FACE_EDGE_NORMALS[face, e, 2] * p[2])
+        if not passes_edge(s_p, FACE_S_OPPOSITE[face, e]):
+            return False
+    return True
+
+
+@kernel
+def child_contains(v0, v1, v2, m01, m12, m20, c, p):
+    """in_triangle for child c (pick_child's triangle), testing the edge inside the parent first:
+    it is the one that rejects a point lying in another child."""
+    if c == 0:
+        return inside_edge(m01, m20, v0, p) and inside_edge(v0, m01, m20, p) and inside_edge(m20, v0, m01, p)
+    if c == 1:
+        return inside_edge(m12, m01, v1, p) and inside_edge(m01, v1, m12, p) and inside_edge(v1, m12, m01, p)
+    if c == 2:
+        return inside_edge(m20, m12, v2, p) and inside_edge(m12, v2, m20, p) and inside_edge(v2, m20, m12, p)
+    return in_triangle(m01, m12, m20, p)
+
+
+@kernel
+def key_vertices(key):
+    """Unit-vector vertices of a valid key: the face's, then one subdivision per path digit."""
+    v0, v1, v2 = face_vertices(key_face(key))
+    for i in range(key_level(key) - 1):
+        v0, v1, v2 = pick_child(v0, v1, v2, midpoint(v0, v1), midpoint(v1, v2), midpoint(v2, v0),
+                                key_digit(key, i))
+    return v0, v1, v2
+
+
+@parallel_kernel
+def vertices_of_keys(keys, out_xyz):
+    """out_xyz[i] = (3 vertices, xyz) of keys[i]; NaN for an invalid key."""
+    for i in numba.prange(keys.shape[0]):
+        if not key_is_valid(keys[i]):
+            out_xyz[i, :, :] = np.nan
+            continue
+        vs = key_vertices(keys[i])
+        for j in range(3):
+            for k in range(3):
+                out_xyz[i, j, k] = vs[j][k]
+
+
+@kernel
+def triangle_at_xyz(p, level):
+    """Key of the level-`level` triangle holding unit vector p, descending as SPEC §3 says.
+
+    At each step the first candidate (face 0..19, then child 0..3) that contains p wins. Where
+    rounding leaves none containing p, the candidate whose smallest oriented s (s(p) with its sign
+    flipped so the opposite vertex is positive, minimised over the three edges) is largest wins;
+    the first such on a tie.
+    """
+    face = -1
+    for f in range(FACE_COUNT):
+        if face_contains(f, p):
+            face = f
+            break
+    if face < 0:
+        best_s = -np.inf
+        for f in range(FACE_COUNT):
+            v0, v1, v2 = face_vertices(f)
+            s = min_oriented_s(v0, v1, v2, p)
+            if s > best_s:
+                best_s, face = s, f
+    key = make_key(face, level)
+    v0, v1, v2 = face_vertices(face)
+    for i in range(level - 1):
+        m01, m12, m20 = midpoint(v0, v1), midpoint(v1, v2), midpoint(v2, v0)
+        chosen = -1
+        for c in range(4):
+            if child_contains(v0, v1, v2, m01, m12, m20, c, p):
+                chosen = c
+                break
+        if chosen < 0:
+            best_s = -np.inf
+            for c in range(4):
+                a, b, d = pick_child(v0, v1, v2, m01, m12, m20, c)
+                s = min_oriented_s(a, b, d, p)
+                if s > best_s:
+                    best_s, chosen = s, c
+        key |= np.int64(chosen) << digit_shift(i)
+        v0, v1, v2 = pick_child(v0, v1, v2, m01, m12, m20, chosen)
+    return key
+
+
+@parallel_kernel
+def triangle_at_many(lat_deg, lon_deg, levels, out_keys):
+    """out_keys[i] = triangle_at_xyz of row i; -1 for an invalid location or level."""
+    for i in numba.prange(out_keys.shape[0]):
+        level = levels[i]
+        if level < 1 or level > MAX_LEVEL or not latlon_is_valid(lat_deg[i], lon_deg[i]):
+            out_keys[i] = INVALID_KEY
+        else:
+            out_keys[i] = triangle_at_xyz(latlon_to_xyz(lat_deg[i], lon_deg[i]), level)
+
+
+@parallel_kernel
+def edge_planes_of_keys(keys, out_normals, out_s_opposite, out_valid):
+    """Per key, SPEC §3's unit edge normals n_e = cross(a, b)/|cross(a, b)| and s(c) = dot(n_e, c),
+    edges (v0, v1), (v1, v2), (v2, v0): everything a point test needs besides the point."""
+    for i in numba.prange(keys.shape[0]):
+        out_valid[i] = key_is_valid(keys[i])
+        if not out_valid[i]:
+            out_normals[i, :, :] = np.nan
+            out_s_opposite[i, :] = np.nan
+            continue
+        vs = key_vertices(keys[i])
+        for e in range(3):
+            n = normalize(cross(vs[e], vs[(e + 1) % 3]))
+            out_s_opposite[i, e] = dot(n, vs[(e + 2) % 3])
+            for k in range(3):
+                out_normals[i, e, k] = n[k]
+
+
+@parallel_kernel
+def contains_many(plane_index, normals, s_opposite, valid, lat_deg, lon_deg, out_inside):
+    """out_inside[i]: row i's point passes every edge of triangle plane_index[i] of the
+    `edge_planes_of_keys` tables (SPEC §3)."""
+    for i in numba.prange(out_inside.shape[0]):
+        j = plane_index[i]
+        if not valid[j] or not latlon_is_valid(lat_deg[i], lon_deg[i]):
+            out_inside[i] = False
+            continue
+        p = latlon_to_xyz(lat_deg[i], lon_deg[i])
+        inside = True
+        for e in range(3):
+            s_p = normals[j, e, 0] * p[0] + normals[j, e, 1] * p[1] + normals[j, e, 2] * p[2]
+            if not passes_edge(s_p, s_opposite[j, e]):
+                inside = False
+                break
+        out_inside[i] = inside
+
+
+@kernel
+def centroid_xyz(v0, v1, v2):
+    """normalize(v0 + v1 + v2): the point stored as a triangle's centroid."""
+    return normalize((v0[0] + v1[0] + v2[0], v0[1] + v1[1] + v2[1], v0[2] + v1[2] + v2[2]))
+
+
+@parallel_kernel
+def centroids_of_keys(keys, out_lonlat_deg):
+    """[lon, lat] in degrees of each valid key's centroid_xyz; NaN for invalid keys."""
+    for i in numba.prange(keys.shape[0]):
+        if not key_is_valid(keys[i]):
+            out_lonlat_deg[i, :] = np.nan
+            continue
+        v0, v1, v2 = key_vertices(keys[i])
+        out_lonlat_deg[i, 1], out_lonlat_deg[i, 0] = xyz_to_latlon(centroid_xyz(v0, v1, v2))
+
+
+@parallel_kernel
+def rings_of_keys(keys, out_lonlat_deg):
+    """Closed [lon, lat] ring (4 points) per valid key, counter-clockwise seen from outside the
+    sphere (RFC 7946's exterior-ring order): v0, v1, v2, v0, or v0, v2, v1, v0 when the vertex
+    order runs clockwise. NaN for invalid keys."""
+    for i in numba.prange(keys.shape[0]):
+        if not key_is_valid(keys[i]):
+            out_lonlat_deg[i, :, :] = np.nan
+            continue
+        v0, v1, v2 = key_vertices(keys[i])
+        if dot(v0, cross(v1, v2)) < 0.0:
+            v1, v2 = v2, v1
+        for j, v in enumerate((v0, v1, v2, v0)):
+            out_lonlat_deg[i, j, 1], out_lonlat_deg[i, j, 0] = xyz_to_latlon(v)
+
+
+# ------------------------------------------------------------------------------------ id text
+
+ID_PREFIX = b"STEP-TRI-v1:"
+PATH_DIGITS = 20
+CORE_WIDTH = 24  # the hashed part of an id: face letter, 1-2 level digits, '-', 20 path digits
+_PREFIX_BYTES = np.frombuffer(ID_PREFIX, dtype=np.uint8).copy()
+_BASE32 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", dtype=np.uint8).copy()
+
+# Outcomes of parse_id, in the order its checks run; stepbatch.mesh words each one. CHECKSUM_MISMATCH
+# and NOT_STRING are decided outside the kernel (sha256, Python types).
+(ID_OK, ID_MISSING, ID_EMPTY, ID_PREFIX_WRONG, ID_FACE_WRONG, ID_LEVEL_WRONG, ID_LENGTH_WRONG,
+ ID_DIGIT_WRONG, ID_PADDING_NONZERO, ID_CHECKSUM_MISSING, ID_CHECKSUM_MALFORMED,
+ ID_CHECKSUM_MISMATCH, ID_NOT_STRING) = range(13)
+
+
+@kernel
+def base32_value(byte):
+    """0..31 for a character of A-Z2-7, else -1."""
+    code = np.int64(byte)
+    if 65 <= code <= 90:
+        return code - 65
+    if 50 <= code <= 55:
+        return code - 24
+    return -1
+
+
+@kernel
+def parse_id(data, start, end):
+    """(status, key, checksum) of the UTF-8 id in data[start:end] (bytes are widened to int64
+    before arithmetic so that the pure-Python run under NUMBA_DISABLE_JIT cannot wrap around).
+
+    `checksum` is the 15-bit value the last three characters spell; the caller compares it with the
+    sha256 of the core, data[start + 12:end - 4], once status is ID_OK.
+    """
+    bad = np.int64(INVALID_KEY)
+    if end == start:
+        return ID_EMPTY, bad, -1
+    if end - start < _PREFIX_BYTES.shape[0]:
+        return ID_PREFIX_WRONG, bad, -1
+    for i in range(_PREFIX_BYTES.shape[0]):
+        if data[start + i] != _PREFIX_BYTES[i]:
+            return ID_PREFIX_WRONG, bad, -1
+    pos = start + _PREFIX_BYTES.shape[0]
+    if pos >= end or not 65 <= data[pos] < 65 + FACE_COUNT:
+        return ID_FACE_WRONG, bad, -1
+    face = np.int64(data[pos]) - 65
+    pos += 1
+    level_start = pos
+    level = 0
+    while pos < end and 48 <= data[pos] <= 57 and pos - level_start < 3:
+        level = level * 10 + (np.int64(data[pos]) - 48)
+        pos += 1
+    level_digits = pos - level_start
+    if (level_digits == 0 or level_digits > 2 or data[level_start] == 48
+            or level > MAX_LEVEL or (pos < end and data[pos] != 45)):
+        return ID_LEVEL_WRONG, bad, -1
+    pos += 1
+    path_start = pos
+    while pos < end and data[pos] != 45:
+        pos += 1
+    if pos - path_start != PATH_DIGITS:
+        return ID_LENGTH_WRONG, bad, -1
+    for i in range(PATH_DIGITS):
+        if not 48 <= data[path_start + i] <= 51:
+            return ID_DIGIT_WRONG, bad, -1
+    key = make_key(face, level)
+    for i in range(PATH_DIGITS):
+        digit = np.int64(data[path_start + i]) - 48
+        if i >= level - 1 and digit != 0:
+            return ID_PADDING_NONZERO, bad, -1
+        key |= np.int64(digit) << digit_shift(i)
+    if end - pos <= 1:
+        return ID_CHECKSUM_MISSING, bad, -1
+    pos += 1
+    if end - pos != 3:
+        return ID_CHECKSUM_MALFORMED, bad, -1
+    checksum = 0
+    for i in range(3):
+        value = base32_value(data[pos + i])
+        if value < 0:
+            return ID_CHECKSUM_MALFORMED, bad, -1
+        checksum = (checksum << 5) | value
+    return ID_OK, key, checksum
+
+
+@parallel_kernel
+def parse_ids(data, offsets, is_null, out_status, out_keys, out_checksums):
+    """parse_id over every string of an Arrow string array's (data, offsets) buffers."""
+    for i in numba.prange(out_status.shape[0]):
+        if is_null[i]:
+            out_status[i], out_keys[i], out_checksums[i] = ID_MISSING, INVALID_KEY, -1
+        else:
+            out_status[i], out_keys[i], out_checksums[i] = parse_id(data, offsets[i], offsets[i + 1])
+
+
+@parallel_kernel
+def write_cores(keys, out_cores, out_lengths):
+    """out_cores[i, :out_lengths[i]] = the hashed core text of keys[i]; length 0 for invalid keys."""
+    for i in numba.prange(keys.shape[0]):
+        key = keys[i]
+        if not key_is_valid(key):
+            out_lengths[i] = 0
+            continue
+        out_cores[i, 0] = 65 + key_face(key)
+        level = key_level(key)
+        pos = 1
+        if level >= 10:
+            out_cores[i, pos] = 48 + level // 10
+            pos += 1
+        out_cores[i, pos] = 48 + level % 10
+        out_cores[i, pos + 1] = 45
+        pos += 2
+        for d in range(PATH_DIGITS):
+            out_cores[i, pos + d] = 48 + key_digit(key, d)
+        out_lengths[i] = pos + PATH_DIGITS
+
+
+@parallel_kernel
+def write_ids(cores, core_lengths, checksums, offsets, out_data):
+    """Lay out prefix + core + '-' + 3 base32 checksum characters at out_data[offsets[i]:]."""
+    for i in numba.prange(core_lengths.shape[0]):
+        n = core_lengths[i]
+        if n == 0:
+            continue
+        pos = offsets[i]
+        for j in range(_PREFIX_BYTES.shape[0]):
+            out_data[pos + j] = _PREFIX_BYTES[j]
+        pos += _PREFIX_BYTES.shape[0]
+        for j in range(n):
+            out_data[pos + j] = cores[i, j]
+        pos += n
+        out_data[pos] = 45
+        out_data[pos + 1] = _BASE32[(checksums[i] >> 10) & 31]
+        out_data[pos + 2] = _BASE32[(checksums[i] >> 5) & 31]
+        out_data[pos + 3] = _BASE32[checksums[i] & 31]
+
+
+# --------------------------------------------------------------------------- bbox enumeration
+
+@kernel
+def bounding_cap(key):
+    """(lat_deg, lon_deg, radius_rad) of a cap holding the whole triangle: centred on its normalised
+    vertex sum, radius the farthest vertex plus a margin against rounding."""
+    v0, v1, v2 = key_vertices(key)
+    c = centroid_xyz(v0, v1, v2)
+    chord = 0.0
+    for v in (v0, v1, v2):
+        d = (v[0] - c[0], v[1] - c[1], v[2] - c[2])
+        chord = max(chord, math.sqrt(dot(d, d)))
+    lat_deg, lon_deg = xyz_to_latlon(c)
+    return lat_deg, lon_deg, 2.0 * math.asin(chord / 2.0) + CAP_MARGIN_RAD
+
+
+@parallel_kernel
+def cap_bbox_relations(keys, west_deg, south_deg, east_deg, north_deg, out_relation):
+    for i in numba.prange(keys.shape[0]):
+        lat_deg, lon_deg, radius_rad = bounding_cap(keys[i])
+        out_relation[i] = cap_box_relation(lat_deg, lon_deg, radius_rad,
+                                           west_deg, south_deg, east_deg, north_deg)

@@ -1,0 +1,124 @@
+"""`stepbatch replay INPUT…`: re-validate an archive of proofs, commit it, write the verdicts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import pyarrow.parquet as pq
+
+from stepbatch.cli import UsageError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "replay", help="re-validate proofs from Parquet / NDJSON / JSON / Arrow files",
+        description="Stream proofs from the inputs in batches, validate them in input order, commit "
+                    "each batch in one transaction (or keep state in memory with --no-commit), and "
+                    "write one verdict per row. Memory stays bounded by --batch-size.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="proof files, read in order")
+    parser.add_argument("--out", help="write the verdicts to this Parquet file")
+    parser.add_argument("--no-commit", action="store_true",
+                        help="write nothing to the database: prior state is read from it (or from "
+                             "--triangles alone) and the batches' effects are kept in memory")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue after the last batch this run committed before it stopped")
+    parser.add_argument("--batch-size", type=int, default=10_000, help="proofs per batch (10000)")
+    parser.add_argument("--triangles", metavar="FILE",
+                        help="JSON list of triangle ids (or `stepbatch gen`'s .triangles.json) that "
+                             "must exist before the replay; with --no-commit no database is used")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stepbatch.config import Config
+    from stepbatch.replay import ReplayError, replay
+    from stepbatch.store.base import StoreError
+    from stepbatch.store.memory import MemoryStore
+    from stepbatch.validator import Validator
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if args.resume and args.no_commit:
+        raise UsageError("--resume continues committed batches; it cannot go with --no-commit")
+    triangles = _triangle_ids(args.triangles) if args.triangles else []
+    config = Config.from_env(mongodb_uri=args.mongodb_uri)
+
+    if args.no_commit and triangles:
+        store = MemoryStore(triangles)
+    else:
+        from stepbatch.store.mongo import MongoStore
+        database = MongoStore(config.mongodb_uri, config.db_name, config=config)
+        if triangles:
+            database.add_triangles(triangles)
+        store = MemoryStore(backing=database) if args.no_commit else database
+
+    bar = None if args.quiet else _progress_bar(args.inputs)
+    try:
+        with Validator(store, config) as validator:
+            summary = replay(args.inputs, validator, out=args.out, commit=not args.no_commit,
+                             resume=args.resume, batch_size=args.batch_size,
+                             progress=bar.update if bar else None)
+    except ReplayError as err:
+        raise StoreError(str(err)) from err
+    finally:
+        if bar is not None:
+            bar.close()
+        closing = getattr(store, "backing", None) or store
+        closing.close()
+    _print_summary(summary, args, sys.stdout)
+    return 0
+
+
+def _triangle_ids(path: str) -> list[str]:
+    try:
+        document = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--triangles {path}: cannot read a JSON list of triangle ids: {err}") from err
+    ids = document.get("triangles") if isinstance(document, dict) else document
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise UsageError(f"--triangles {path}: expected a JSON list of triangle ids")
+    return ids
+
+
+class _Bar:
+    def __init__(self, total: int | None):
+        from tqdm import tqdm
+        self._bar = tqdm(total=total, unit=" proofs", unit_scale=True, dynamic_ncols=True,
+                         file=sys.stderr)
+
+    def update(self, rows: int, summary) -> None:
+        self._bar.set_postfix_str(f"{summary.counts.get('ACCEPTED', 0):,} accepted")
+        self._bar.update(rows)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress_bar(inputs) -> _Bar:
+    total = 0
+    for name in inputs:
+        try:
+            total += pq.ParquetFile(name).metadata.num_rows
+        except Exception:
+            total = None
+            break
+    return _Bar(total)
+
+
+def _print_summary(summary, args, out) -> None:
+    print(f"replayed {summary.rows:,} proofs in {summary.batches:,} batches "
+          f"({summary.seconds:.1f} s, {summary.proofs_per_second:,.0f} proofs/s)", file=out)
+    if summary.resumed_from_row:
+        print(f"resumed after row {summary.resumed_from_row:,}", file=out)
+    for code, n in sorted(summary.counts.items(), key=lambda item: -item[1]):
+        share = n / summary.rows if summary.rows else 0
+        print(f"  {code:<20} {n:>10,}  {share:6.1%}", file=out)
+    print(f"rewards paid: {summary.reward_micro / 1e6:,.6f} STEP", file=out)
+    print("state kept in memory only (--no-commit)" if args.no_commit
+          else "committed to the database", file=out)
+    if args.out:
+        print(f"verdicts: {args.out}", file=out)

@@ -1,0 +1,148 @@
+"""Offline replay: re-validate an archive of proofs in bounded memory, resumable after a crash.
+
+Input is streamed in chunks of `batch_size` rows; each chunk is one batch with the deterministic id
+`{run}@{first_row}+{rows}`, where `run` names the inputs. A committed batch is durable, so a resumed
+replay asks the store which batches of its run exist and starts after the last one; the verdicts of
+batches committed before the crash are read back from the store so that `--out` is whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import re
+import time
+from collections import Counter
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stepbatch.ingest import ProofSourceError, iter_proofs
+from stepbatch.validator import Validator
+
+_BATCH_ID = re.compile(r"@(\d+)\+(\d+)$")
+
+
+@dataclasses.dataclass
+class ReplaySummary:
+    run_id: str
+    rows: int = 0
+    batches: int = 0
+    resumed_from_row: int = 0
+    counts: Counter = dataclasses.field(default_factory=Counter)
+    reward_micro: int = 0
+    seconds: float = 0.0
+    validate_seconds: float = 0.0
+
+    @property
+    def proofs_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+class ReplayError(RuntimeError):
+    """The replay cannot go on as asked (e.g. a resume that does not match the interrupted run)."""
+
+
+def run_id_of(inputs: Sequence[str]) -> str:
+    """A name for a replay of these files: their names and sizes, so a changed file is a new run."""
+    sha = hashlib.sha256()
+    for name in inputs:
+        path = pathlib.Path(name)
+        sha.update(f"{path.name}:{path.stat().st_size if path.exists() else -1}\n".encode())
+    return "replay-" + sha.hexdigest()[:16]
+
+
+def resume_row(validator: Validator, run_id: str) -> int:
+    """The first input row after the batches of `run_id` the store already holds."""
+    end = 0
+    for batch_id in validator.store.batch_ids(run_id + "@"):
+        match = _BATCH_ID.search(batch_id)
+        if match:
+            end = max(end, int(match.group(1)) + int(match.group(2)))
+    return end
+
+
+def replay(inputs: Sequence[str], validator: Validator, *, out: str | None = None, commit: bool = True,
+           resume: bool = False, batch_size: int = 10_000, progress=None) -> ReplaySummary:
+    """Validate (and commit) every proof of `inputs` in order; `progress(rows_done, summary)` is
+    called after each batch."""
+    if not inputs:
+        raise ProofSourceError("no input files given")
+    for name in inputs:
+        if not pathlib.Path(name).is_file():
+            raise ProofSourceError(f"{name}: no such file")
+    summary = ReplaySummary(run_id=run_id_of(inputs))
+    start = resume_row(validator, summary.run_id) if resume else 0
+    summary.resumed_from_row = start
+    started = time.perf_counter()
+    writer = _VerdictWriter(out) if out else None
+    try:
+        # With --out, a resumed run re-reads the rows before `start` to carry their columns next to
+        # the verdicts the store kept for them.
+        skip = 0 if writer is not None else start
+        for chunk in iter_proofs(list(inputs), batch_size=batch_size, skip_rows=skip):
+            batch_id = f"{summary.run_id}@{chunk.first_row}+{chunk.table.num_rows}"
+            if chunk.first_row < start:
+                stored = validator.store.committed(batch_id)
+                if stored is None:
+                    raise ReplayError(f"cannot resume: batch {batch_id} is not in the store (resume "
+                                      f"with the --batch-size of the interrupted run)")
+                writer.write(stored.verdicts, batch_id, chunk.first_row, chunk.table, None)
+                continue
+            before = time.perf_counter()
+            if commit:
+                result = validator.finalize(chunk.table, batch_id)
+            else:
+                result = validator.validate(chunk.table, batch_id)
+                validator.store.commit(result.outcome)
+            batch_seconds = time.perf_counter() - before
+            summary.validate_seconds += batch_seconds
+            summary.rows += chunk.table.num_rows
+            summary.batches += 1
+            summary.counts.update(result.counts)
+            summary.reward_micro += int(pa.compute.sum(result.verdicts.column("reward_micro")).as_py()
+                                        or 0)
+            if writer is not None:
+                writer.write(result.verdicts, batch_id, chunk.first_row, chunk.table, batch_seconds)
+            summary.seconds = time.perf_counter() - started
+            if progress is not None:
+                progress(chunk.table.num_rows, summary)
+    finally:
+        if writer is not None:
+            writer.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+class _VerdictWriter:
+    """Verdicts of a replay in one Parquet file, written next to it and moved into place at the end
+    so that a crash never leaves a truncated file under the final name."""
+
+    _CARRIED = ("expected_code", "attack")
+
+    def __init__(self, path: str):
+        self.path = pathlib.Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, verdicts: pa.Table, batch_id: str, first_row: int, proofs: pa.Table,
+              batch_seconds: float | None):
+        n = verdicts.num_rows
+        table = verdicts.append_column("batch_id", pa.array([batch_id] * n, pa.string()))
+        table = table.append_column("row", pa.compute.add(verdicts.column("index"), first_row))
+        table = table.append_column("batch_seconds", pa.array([batch_seconds] * n, pa.float64()))
+        for name in self._CARRIED:
+            column = (proofs.column(name).cast(pa.string()) if name in proofs.column_names
+                      else pa.nulls(n, pa.string()))
+            table = table.append_column(name, column)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.partial, table.schema)
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            os.replace(self.partial, self.path)
