@@ -3,7 +3,9 @@
 Column path, per batch: the messages are built with Arrow string kernels, hashed together by the
 keccak kernel, then only the libsecp256k1 recovery runs in worker threads (one contiguous chunk of
 rows each, writing into one preallocated buffer), the recovered public keys are hashed together and
-compared with the accounts as arrays. Scalar functions are the same steps for one proof.
+compared with the accounts as arrays. Scalar functions are the same steps for one proof. Every
+kernel call goes through `kernels.jit.launch`, so a small batch (or one proof) runs its hashing and
+hex decoding on the calling thread instead of paying a parallel-region launch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pyarrow.compute as pc
 
 from kernels.hexcodec import (HEX_BAD_DIGIT, HEX_BAD_LENGTH, HEX_NULL, HEX_OK, PREFIX_OPTIONAL,
                               PREFIX_REQUIRED, decode_hex_rows)
+from kernels.jit import launch
 from kernels.keccak import DIGEST_BYTES, keccak256_fixed, keccak256_ragged
 from stepbatch import secp256k1
 from stepbatch.ecmascript import number_to_string, numbers_to_strings
@@ -70,8 +73,8 @@ def canonical_messages(table: pa.Table) -> pa.Array:
 def keccak256(data: bytes) -> bytes:
     """keccak256 of one byte string (the Ethereum hash, not hashlib's sha3_256)."""
     digest = np.zeros((1, DIGEST_BYTES), dtype=np.uint8)
-    keccak256_ragged(np.frombuffer(data, dtype=np.uint8), np.array([0, len(data)], dtype=np.int64),
-                     np.array([0, 1], dtype=np.int64), digest)
+    launch(keccak256_ragged, 1, np.frombuffer(data, dtype=np.uint8),
+           np.array([0, len(data)], dtype=np.int64), np.array([0, 1], dtype=np.int64), digest)
     return digest[0].tobytes()
 
 
@@ -89,7 +92,7 @@ def eip191_digests(messages: pa.Array | pa.ChunkedArray) -> np.ndarray:
                                            messages, pa.scalar("", messages.type))
     data, offsets, present = _string_buffers(prefixed)
     digests = np.zeros((len(messages), DIGEST_BYTES), dtype=np.uint8)
-    keccak256_ragged(data, offsets, _chunk_bounds(len(messages)), digests)
+    launch(keccak256_ragged, len(messages), data, offsets, _chunk_bounds(len(messages)), digests)
     digests[~present] = 0
     return digests
 
@@ -186,7 +189,8 @@ class SignatureRecoverer:
         recovered = np.flatnonzero(ok)
         key_hashes = np.zeros((len(recovered), DIGEST_BYTES), dtype=np.uint8)
         # The address hashes X | Y, i.e. the public key without its 0x04 tag byte.
-        keccak256_fixed(public_keys[recovered, 1:], _chunk_bounds(len(recovered)), key_hashes)
+        launch(keccak256_fixed, len(recovered), public_keys[recovered, 1:], _chunk_bounds(len(recovered)),
+               key_hashes)
         addr20 = np.zeros((n, ADDRESS_BYTES), dtype=np.uint8)
         addr20[recovered] = key_hashes[:, DIGEST_BYTES - ADDRESS_BYTES:]
         return addr20, ok
@@ -346,7 +350,7 @@ def _decode_hex(strings: pa.Array, width: int, prefix_mode: int
     out = np.zeros((len(strings), width), dtype=np.uint8)
     status = np.zeros(len(strings), dtype=np.uint8)
     detail = np.zeros(len(strings), dtype=np.int64)
-    decode_hex_rows(data, offsets, present, prefix_mode, out, status, detail)
+    launch(decode_hex_rows, len(strings), data, offsets, present, prefix_mode, out, status, detail)
     return out, status, detail
 
 

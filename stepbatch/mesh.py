@@ -1,242 +1,44 @@
-"""The STEP-TRI-v1 mesh (SPEC §3): triangle ids, geometry and point lookup, one id or whole columns.
+"""The STEP-TRI-v1 mesh (SPEC §3): ids, geometry, point lookup and level enumeration, per id or column.
 
 Triangles travel between stages as packed int64 keys (layout in `kernels.mesh`; -1 marks "no
 triangle"). These wrappers check dtype and shape, allocate outputs and convert from/to Arrow; the
-geometry itself runs in the Numba kernels of `kernels.mesh` and `kernels.geo`.
+geometry itself runs in the Numba kernels of `kernels.mesh` and `kernels.geo`. The id codec
+(`encode_id`, `decode_id`, `key_of`, `id_of`, `decode_ids`, `encode_keys`) lives in
+`stepbatch.mesh_ids` and is re-exported here, so callers need only this module.
 """
 
 from __future__ import annotations
 
-import hashlib
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, Sequence
 
-import numba
 import numpy as np
 import pyarrow as pa
 
 from kernels import geo as kgeo
 from kernels import mesh as kmesh
+from kernels.jit import launch
+from stepbatch.mesh_ids import (ID_PREFIX, DecodedIds, check_level, decode_id, decode_ids, encode_id,
+                                encode_keys, id_of, key_array, key_of)
+
+__all__ = [
+    "MAX_LEVEL", "FACE_COUNT", "ID_PREFIX", "DecodedIds", "encode_id", "decode_id", "key_of", "id_of",
+    "decode_ids", "encode_keys", "keys_valid", "key_levels", "child_keys", "children", "parent",
+    "vertices_of_keys", "vertices", "rings_of_keys", "centroids_of_keys", "polygon", "centroid",
+    "triangle_at_keys", "triangle_at", "contains_keys", "contains", "haversine_m", "count_level",
+    "iter_level_keys",
+]
 
 MAX_LEVEL = kmesh.MAX_LEVEL
 FACE_COUNT = kmesh.FACE_COUNT
-ID_PREFIX = kmesh.ID_PREFIX.decode()
-_BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-
-# What decode_id raises and decode_ids reports for each kernels.mesh parse outcome.
-_ID_ERRORS = {
-    kmesh.ID_MISSING: "missing triangleId",
-    kmesh.ID_EMPTY: "triangleId is empty",
-    kmesh.ID_PREFIX_WRONG: f"triangleId has the wrong prefix: expected '{ID_PREFIX}'",
-    kmesh.ID_FACE_WRONG: "triangleId face must be a letter A-T",
-    kmesh.ID_LEVEL_WRONG: "triangleId level must be 1-21 without leading zeros, followed by '-'",
-    kmesh.ID_LENGTH_WRONG: "triangleId path must have 20 digits",
-    kmesh.ID_DIGIT_WRONG: "triangleId path digits must be 0-3",
-    kmesh.ID_PADDING_NONZERO: "triangleId is not canonical: path digits beyond the level must be 0",
-    kmesh.ID_CHECKSUM_MISSING: "triangleId has no checksum",
-    kmesh.ID_CHECKSUM_MALFORMED: "triangleId checksum must be 3 characters from A-Z and 2-7",
-    kmesh.ID_CHECKSUM_MISMATCH: "triangleId checksum does not match",
-    kmesh.ID_NOT_STRING: "triangleId must be a string",
-}
-_ERROR_TABLE = pa.array([_ID_ERRORS.get(status) for status in range(max(_ID_ERRORS) + 1)], pa.string())
-
-
-# Below this many rows a parallel kernel runs on one thread: waking the thread pool costs more than
-# the work, and on a busy machine it waits a whole scheduler slice (milliseconds) for a free core.
-_PARALLEL_MIN_ROWS = 4096
-
-
-def _launch(parallel_kernel, rows: int, *args) -> None:
-    if rows >= _PARALLEL_MIN_ROWS:
-        parallel_kernel(*args)
-        return
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        parallel_kernel(*args)
-    finally:
-        numba.set_num_threads(threads)
-
-
-class DecodedIds(NamedTuple):
-    keys: np.ndarray      # int64, -1 where invalid
-    valid: np.ndarray     # bool
-    errors: pa.Array      # string: null where valid, else the message decode_id would raise
-
-
-# ----------------------------------------------------------------------------------- ids
-
-def _checksum(core: bytes) -> int:
-    digest = hashlib.sha256(core).digest()
-    return (digest[0] << 7) | (digest[1] >> 1)
-
-
-def _checksums(buffer, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """SPEC §3's 15-bit checksum of each buffer[start:end] (hashlib; one call per id)."""
-    view = memoryview(buffer)
-    sha256 = hashlib.sha256
-    digests = b"".join([sha256(view[s:e]).digest()[:2] for s, e in zip(starts.tolist(), ends.tolist())])
-    pairs = np.frombuffer(digests, np.uint8).reshape(-1, 2).astype(np.int64)
-    return (pairs[:, 0] << 7) | (pairs[:, 1] >> 1)
-
-
-def _is_int_in(value, low: int, high: int) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and low <= value <= high
-
-
-def _check_level(level) -> int:
-    if not _is_int_in(level, 1, MAX_LEVEL):
-        raise ValueError(f"level must be an integer 1-{MAX_LEVEL}, got {level!r}")
-    return int(level)
-
-
-def encode_id(face: int, level: int, path) -> str:
-    """The STEP-TRI-v1 id of a triangle; `path` is level - 1 digits 0..3 (ints or a digit string)."""
-    if not _is_int_in(face, 0, FACE_COUNT - 1):
-        raise ValueError(f"face must be an integer 0-{FACE_COUNT - 1}, got {face!r}")
-    _check_level(level)
-    digits = [int(d) if isinstance(d, str) and d.isdigit() else d for d in path]
-    if len(digits) != level - 1 or not all(_is_int_in(d, 0, 3) for d in digits):
-        raise ValueError(f"a level-{level} triangle has {level - 1} path digits 0-3, got {path!r}")
-    core = f"{chr(65 + face)}{level}-" + "".join(map(str, digits)).ljust(kmesh.PATH_DIGITS, "0")
-    checksum = _checksum(core.encode())
-    return (f"{ID_PREFIX}{core}-"
-            f"{_BASE32[checksum >> 10]}{_BASE32[(checksum >> 5) & 31]}{_BASE32[checksum & 31]}")
-
-
-def key_of(triangle_id: str) -> int:
-    """The packed key of a canonical id; ValueError (saying what is wrong) otherwise."""
-    if triangle_id is None:
-        raise ValueError(_ID_ERRORS[kmesh.ID_MISSING])
-    if not isinstance(triangle_id, str):
-        raise ValueError(_ID_ERRORS[kmesh.ID_NOT_STRING])
-    raw = triangle_id.encode("utf-8", "surrogatepass")
-    status, key, checksum = kmesh.parse_id(np.frombuffer(raw, np.uint8), 0, len(raw))
-    if status == kmesh.ID_OK and _checksum(raw[len(ID_PREFIX):-4]) != checksum:
-        status = kmesh.ID_CHECKSUM_MISMATCH
-    if status != kmesh.ID_OK:
-        raise ValueError(_ID_ERRORS[status])
-    return int(key)
-
-
-def _unpack(key: int) -> tuple[int, int, tuple[int, ...]]:
-    level = (key >> 40) & 31
-    return (key >> 45) & 31, level, tuple((key >> (38 - 2 * i)) & 3 for i in range(level - 1))
-
-
-def decode_id(triangle_id: str) -> tuple[int, int, tuple[int, ...]]:
-    """(face, level, path) of a canonical id; ValueError saying what is wrong otherwise."""
-    return _unpack(key_of(triangle_id))
-
-
-def id_of(key: int) -> str:
-    """The id of a packed key; ValueError for anything but the canonical packing of a triangle."""
-    if not _is_int_in(key, 0, 2**63 - 1) or not kmesh.key_is_valid(key):
-        raise ValueError(f"not a packed STEP-TRI-v1 key: {key!r}")
-    return encode_id(*_unpack(int(key)))
-
-
-def _string_column(ids) -> tuple[pa.Array, np.ndarray | None]:
-    """ids as one Arrow string-like array, and a mask of entries that were not strings at all."""
-    if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks() if ids.num_chunks else pa.array([], ids.type)
-    if isinstance(ids, pa.Array):
-        kind = ids.type.value_type if pa.types.is_dictionary(ids.type) else ids.type
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            return ids, None
-        if pa.types.is_null(kind) or pa.types.is_string_view(kind):
-            return ids.cast(pa.string()), None
-        return pa.nulls(len(ids), pa.string()), ids.is_valid().to_numpy(zero_copy_only=False)
-    try:
-        return pa.array(ids, pa.string()), None
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        values = list(ids)
-        not_string = np.array([v is not None and not isinstance(v, str) for v in values], bool)
-        return pa.array([None if bad else v for v, bad in zip(values, not_string)], pa.string()), not_string
-
-
-def _parse_strings(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(status, key) per string of a plain string array: kernel checks, then hashlib checksums."""
-    n = len(strings)
-    offset_dtype = np.int64 if pa.types.is_large_string(strings.type) else np.int32
-    _, offsets_buffer, data_buffer = strings.buffers()
-    offsets = np.frombuffer(offsets_buffer, offset_dtype)[strings.offset:strings.offset + n + 1]
-    data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
-    status, keys = np.empty(n, np.int8), np.empty(n, np.int64)
-    checksums = np.empty(n, np.int64)
-    _launch(kmesh.parse_ids, n, data, offsets, strings.is_null().to_numpy(zero_copy_only=False),
-            status, keys, checksums)
-    parsed = np.flatnonzero(status == kmesh.ID_OK)
-    if parsed.size:
-        starts = offsets[parsed].astype(np.int64) + len(ID_PREFIX)
-        expected = _checksums(data, starts, offsets[parsed + 1].astype(np.int64) - 4)
-        wrong = parsed[expected != checksums[parsed]]
-        status[wrong], keys[wrong] = kmesh.ID_CHECKSUM_MISMATCH, kmesh.INVALID_KEY
-    return status, keys
-
-
-def decode_ids(ids) -> DecodedIds:
-    """decode_id over a column (Arrow array, chunked array or sequence), never raising per row.
-
-    Work is per distinct id: batches repeat triangles heavily, so the column is dictionary-encoded
-    and each distinct string is checked (kernel) and hashed (sha256) once.
-    """
-    strings, not_string = _string_column(ids)
-    encoded = strings if pa.types.is_dictionary(strings.type) \
-        else strings.dictionary_encode(null_encoding="encode")
-    unique_status, unique_keys = _parse_strings(encoded.dictionary)
-    # Only a dictionary-typed input can have null indices; those rows are missing ids.
-    present = encoded.indices.is_valid().to_numpy(zero_copy_only=False)
-    indices = encoded.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)[present]
-    status = np.full(len(present), kmesh.ID_MISSING, np.int8)
-    keys = np.full(len(present), kmesh.INVALID_KEY, np.int64)
-    status[present], keys[present] = unique_status[indices], unique_keys[indices]
-    if not_string is not None:
-        status[not_string], keys[not_string] = kmesh.ID_NOT_STRING, kmesh.INVALID_KEY
-    return DecodedIds(keys=keys, valid=status == kmesh.ID_OK, errors=_ERROR_TABLE.take(status))
-
-
-def _key_array(keys) -> np.ndarray:
-    array = np.ascontiguousarray(keys, dtype=np.int64)
-    if array.ndim != 1:
-        raise ValueError(f"keys must be one-dimensional, got shape {array.shape}")
-    return array
-
-
-def encode_keys(keys) -> pa.Array:
-    """Ids of packed keys as an Arrow string array (null for invalid keys); text built in kernels."""
-    keys = _key_array(keys)
-    n = len(keys)
-    cores = np.zeros((n, kmesh.CORE_WIDTH), np.uint8)
-    core_lengths = np.zeros(n, np.int64)
-    _launch(kmesh.write_cores, n, keys, cores, core_lengths)
-    valid = core_lengths > 0
-    rows = np.flatnonzero(valid)
-    checksums = np.zeros(n, np.int64)
-    if rows.size:
-        starts = rows * kmesh.CORE_WIDTH
-        checksums[rows] = _checksums(cores.reshape(-1), starts, starts + core_lengths[rows])
-    id_lengths = np.where(valid, core_lengths + len(ID_PREFIX) + 4, 0)
-    offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(id_lengths, out=offsets[1:])
-    large = offsets[-1] >= 2**31
-    if not large:
-        offsets = offsets.astype(np.int32)
-    data = np.empty(int(offsets[-1]), np.uint8)
-    _launch(kmesh.write_ids, n, cores, core_lengths, checksums, offsets, data)
-    null_count = int(n - rows.size)
-    validity = pa.py_buffer(np.packbits(valid, bitorder="little")) if null_count else None
-    return pa.Array.from_buffers(pa.large_string() if large else pa.string(), n,
-                                 [validity, pa.py_buffer(offsets), pa.py_buffer(data)], null_count)
 
 
 # ----------------------------------------------------------------------------- key arithmetic
 
-
 def _per_key(parallel_kernel, keys, row_shape: tuple = (), dtype=np.float64) -> np.ndarray:
     """Run a kernel that fills one output row per key."""
-    keys = _key_array(keys)
+    keys = key_array(keys)
     out = np.empty((len(keys), *row_shape), dtype)
-    _launch(parallel_kernel, len(keys), keys, out)
+    launch(parallel_kernel, len(keys), keys, out)
     return out
 
 
@@ -247,7 +49,7 @@ def keys_valid(keys) -> np.ndarray:
 
 def key_levels(keys) -> np.ndarray:
     """Level (1..21) of each key; 0 for invalid keys."""
-    keys = _key_array(keys)
+    keys = key_array(keys)
     return np.where(keys_valid(keys), (keys >> 40) & 31, 0)
 
 
@@ -328,8 +130,8 @@ def triangle_at_keys(lat_deg, lon_deg, level) -> np.ndarray:
     if levels.dtype.kind not in "iu":
         raise ValueError(f"level must be an integer (or integers), got {levels.dtype}")
     out = np.empty(n, np.int64)
-    _launch(kmesh.triangle_at_many, n, _float_column(lat_deg, n), _float_column(lon_deg, n),
-            np.ascontiguousarray(np.broadcast_to(levels.astype(np.int64), (n,))), out)
+    launch(kmesh.triangle_at_many, n, _float_column(lat_deg, n), _float_column(lon_deg, n),
+           np.ascontiguousarray(np.broadcast_to(levels.astype(np.int64), (n,))), out)
     return out
 
 
@@ -354,17 +156,17 @@ def contains_keys(keys, lat_deg, lon_deg) -> np.ndarray:
     Edge normals are computed once per distinct key (rows repeat triangles heavily), then one
     parallel pass tests every row.
     """
-    keys = _key_array(np.broadcast_to(keys, (_row_count(keys, lat_deg, lon_deg),)))
+    keys = key_array(np.broadcast_to(keys, (_row_count(keys, lat_deg, lon_deg),)))
     n = len(keys)
     encoded = pa.array(keys).dictionary_encode()
     unique_keys = encoded.dictionary.to_numpy()
     u = len(unique_keys)
     normals, s_opposite = np.empty((u, 3, 3), np.float64), np.empty((u, 3), np.float64)
     valid = np.empty(u, np.bool_)
-    _launch(kmesh.edge_planes_of_keys, u, unique_keys, normals, s_opposite, valid)
+    launch(kmesh.edge_planes_of_keys, u, unique_keys, normals, s_opposite, valid)
     out = np.empty(n, np.bool_)
-    _launch(kmesh.contains_many, n, encoded.indices.to_numpy().astype(np.int64), normals, s_opposite,
-            valid, _float_column(lat_deg, n), _float_column(lon_deg, n), out)
+    launch(kmesh.contains_many, n, encoded.indices.to_numpy().astype(np.int64), normals, s_opposite,
+           valid, _float_column(lat_deg, n), _float_column(lon_deg, n), out)
     return out
 
 
@@ -390,7 +192,7 @@ def haversine_m(lat1_deg, lon1_deg, lat2_deg, lon2_deg):
     n = _row_count(lat1_deg, lon1_deg, lat2_deg, lon2_deg)
     columns = [_float_column(v, n) for v in (lat1_deg, lon1_deg, lat2_deg, lon2_deg)]
     out = np.empty(n, np.float64)
-    _launch(kgeo.haversine_many_m, n, *columns, out)
+    launch(kgeo.haversine_many_m, n, *columns, out)
     return out
 
 
@@ -420,7 +222,7 @@ def _level_ranges(level: int, bbox) -> tuple[np.ndarray, np.ndarray]:
     starts, counts = [], []
     for depth in range(1, level + 1):
         relation = np.empty(len(keys), np.int8)
-        _launch(kmesh.cap_bbox_relations, len(keys), keys, west, south, east, north, relation)
+        launch(kmesh.cap_bbox_relations, len(keys), keys, west, south, east, north, relation)
         whole = relation == kgeo.BOX_INSIDE if depth < level else relation != kgeo.BOX_MISS
         starts.append(_level_index(keys[whole], depth) * 4 ** (level - depth))
         counts.append(np.full(int(whole.sum()), 4 ** (level - depth), np.int64))
@@ -444,7 +246,7 @@ def _keys_at(index: np.ndarray, level: int) -> np.ndarray:
 
 def count_level(level: int, bbox: Sequence[float] | None = None) -> int:
     """How many triangles iter_level_keys(level, bbox) yields (without enumerating them)."""
-    return int(_level_ranges(_check_level(level), bbox)[1].sum())
+    return int(_level_ranges(check_level(level), bbox)[1].sum())
 
 
 def iter_level_keys(level: int, bbox: Sequence[float] | None = None,
@@ -457,7 +259,7 @@ def iter_level_keys(level: int, bbox: Sequence[float] | None = None,
     farthest vertex) with the box. Memory grows with the number of such edge triangles, not with
     the count enumerated.
     """
-    level = _check_level(level)
+    level = check_level(level)
     if chunk < 1:
         raise ValueError(f"chunk must be positive, got {chunk!r}")
     starts, counts = _level_ranges(level, bbox)

@@ -17,3 +17,42 @@ def load_vectors(name: str):
     if not path.exists():
         pytest.skip(f"conformance vectors not found at {path}")
     return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------ MongoDB fixtures
+# One server for the whole session: $MONGODB_URI when set, else the embedded SecantusDB started with
+# test commands (for failpoints). Every test gets a database of its own, dropped afterwards.
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory) -> str:
+    import os
+
+    uri = os.environ.get("MONGODB_URI")
+    if uri:
+        yield uri
+        return
+    from stepbatch.store.embedded import EmbeddedServer
+
+    with EmbeddedServer(tmp_path_factory.mktemp("mongo-session"), test_commands=True) as server:
+        yield server.uri
+
+
+@pytest.fixture
+def mongo_db_name(mongo_uri) -> str:
+    import uuid
+
+    import pymongo
+
+    name = f"stepbatch_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with pymongo.MongoClient(mongo_uri) as client:
+        client.drop_database(name)
+
+
+@pytest.fixture
+def mongo_store(mongo_uri, mongo_db_name):
+    from stepbatch.store.mongo import MongoStore
+
+    with MongoStore(mongo_uri, mongo_db_name) as store:
+        yield store

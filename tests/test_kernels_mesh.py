@@ -1,4 +1,5 @@
-"""kernels.mesh and kernels.geo against the slow reference in tests/naive_mesh.py."""
+"""kernels.mesh and kernels.geo against the slow reference in tests/naive_mesh.py (id text kernels:
+tests/test_mesh_ids.py)."""
 
 from __future__ import annotations
 
@@ -203,54 +204,3 @@ def test_haversine_many_equals_the_scalar_kernel_and_the_reference():
     kgeo.haversine_many_m(*cols, out)
     assert out.tolist() == [kgeo.haversine_m(*row) for row in zip(*cols)]
     assert out == pytest.approx([naive.haversine_m(*row) for row in zip(*cols)], rel=1e-9)
-
-
-# ----------------------------------------------------------------------------------- id text
-
-def parse(text):
-    raw = text.encode("utf-8")
-    return kmesh.parse_id(np.frombuffer(raw, np.uint8), 0, len(raw))
-
-
-def mutations(triangle_id, rng):
-    chars = "STEPRI-v1:AB0123456789QWZ7 x"
-    out = [triangle_id[:i] + triangle_id[i + 1:] for i in rng.integers(0, len(triangle_id), 4)]
-    for i in rng.integers(0, len(triangle_id), 8):
-        out.append(triangle_id[:i] + str(rng.choice(list(chars))) + triangle_id[i + 1:])
-        out.append(triangle_id[:i] + str(rng.choice(list(chars))) + triangle_id[i:])
-    return out
-
-
-def test_parse_id_accepts_exactly_what_the_reference_decoder_accepts():
-    rng = np.random.default_rng(9)
-    for face, level, path in random_triangles(rng, 150):
-        good = naive.encode_id(face, level, path)
-        for text in [good] + mutations(good, rng):
-            status, key, checksum = parse(text)
-            try:
-                expected = naive.decode_id(text)
-            except ValueError:
-                expected = None
-            structurally_ok = status == kmesh.ID_OK
-            checksum_ok = structurally_ok and naive.checksum(text[12:-4]) == text[-3:]
-            assert (expected is not None) == checksum_ok, text
-            if expected is not None:
-                assert naive.unpack(int(key)) == expected
-                assert naive.BASE32[checksum >> 10] + naive.BASE32[(checksum >> 5) & 31] \
-                    + naive.BASE32[checksum & 31] == text[-3:]
-
-
-def test_write_cores_and_write_ids_spell_the_reference_ids():
-    triangles = random_triangles(np.random.default_rng(10), 200)
-    keys = np.array([naive.pack(*t) for t in triangles] + [-1], np.int64)
-    cores, lengths = np.zeros((len(keys), kmesh.CORE_WIDTH), np.uint8), np.zeros(len(keys), np.int64)
-    kmesh.write_cores(keys, cores, lengths)
-    expected = [naive.encode_id(*t) for t in triangles]
-    assert [bytes(cores[i, :lengths[i]]).decode() for i in range(len(triangles))] == \
-        [e[12:-4] for e in expected]
-    assert lengths[-1] == 0
-    checksums = np.array([parse(e)[2] for e in expected] + [0], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(np.where(lengths > 0, lengths + 16, 0))]).astype(np.int64)
-    data = np.zeros(offsets[-1], np.uint8)
-    kmesh.write_ids(cores, lengths, checksums, offsets, data)
-    assert bytes(data).decode() == "".join(expected)

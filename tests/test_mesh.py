@@ -1,11 +1,11 @@
-"""stepbatch.mesh: the conformance vectors, round trips, lookup properties and level enumeration."""
+"""stepbatch.mesh: the geometry vectors, lookup properties, key arithmetic and level enumeration
+(ids: tests/test_mesh_ids.py)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,39 +30,6 @@ def interior_point(triangle_id, weights):
 
 
 # ------------------------------------------------------------------------ conformance vectors
-
-def test_valid_addressing_vectors_encode_and_decode_both_ways():
-    for vector in load_vectors("addressing")["valid"]:
-        face, level, path = vector["face"], vector["level"], tuple(vector["path"])
-        assert mesh.encode_id(face, level, path) == vector["id"]
-        assert mesh.decode_id(vector["id"]) == (face, level, path)
-        assert mesh.id_of(mesh.key_of(vector["id"])) == vector["id"]
-
-
-def test_invalid_addressing_vectors_raise_and_are_invalid_in_decode_ids_with_the_same_message():
-    invalid = load_vectors("addressing")["invalid"]
-    messages = []
-    for vector in invalid:
-        with pytest.raises(ValueError) as raised:
-            mesh.decode_id(vector["id"])
-        messages.append(str(raised.value))
-    decoded = mesh.decode_ids([v["id"] for v in invalid])
-    assert not decoded.valid.any()
-    assert (decoded.keys == -1).all()
-    assert decoded.errors.to_pylist() == messages
-
-
-@pytest.mark.parametrize("why, word", [("checksum mismatch", "checksum"), ("wrong prefix", "prefix"),
-                                       ("face out of range", "face"), ("level out of range", "level"),
-                                       ("path digit out of range", "digits"),
-                                       ("nonzero padding beyond level", "canonical"),
-                                       ("path must have 20 digits", "20 digits"), ("empty", "empty"),
-                                       ("missing checksum", "checksum")])
-def test_decode_error_messages_say_what_was_wrong(why, word):
-    vector = next(v for v in load_vectors("addressing")["invalid"] if why in v["why"])
-    with pytest.raises(ValueError, match=word):
-        mesh.decode_id(vector["id"])
-
 
 def test_geometry_vectors_vertices_are_bit_identical():
     triangles = load_vectors("geometry")
@@ -91,11 +58,6 @@ def test_geometry_vectors_agree_in_column_form():
 
 
 # ------------------------------------------------------------------------------- properties
-
-@given(mesh_triangles)
-def test_decode_inverts_encode(triangle):
-    assert mesh.decode_id(mesh.encode_id(*triangle)) == triangle
-
 
 @settings(max_examples=40, deadline=None)
 @given(level_21_triangles, interior_weights)
@@ -139,64 +101,7 @@ def test_level_21_triangles_have_no_children():
         mesh.children(mesh.encode_id(4, 21, (3,) * 20))
 
 
-# --------------------------------------------------------------------------------- id columns
-
-def test_decode_ids_takes_arrow_chunked_dictionary_and_python_columns_alike():
-    good = [mesh.encode_id(2, 5, (1, 2, 3, 0)), mesh.encode_id(19, 21, (3,) * 20)]
-    values = [good[0], None, good[1], good[0], "STEP-TRI-v1:junk", good[0]]
-    expected_keys = [mesh.key_of(good[0]), -1, mesh.key_of(good[1]), mesh.key_of(good[0]), -1,
-                     mesh.key_of(good[0])]
-    forms = [values, pa.array(values), pa.array(values, pa.large_string()),
-             pa.chunked_array([values[:2], values[2:]]), pa.array(values).dictionary_encode(),
-             np.array(values, dtype=object)]
-    for form in forms:
-        decoded = mesh.decode_ids(form)
-        assert decoded.keys.tolist() == expected_keys
-        assert decoded.valid.tolist() == [k != -1 for k in expected_keys]
-        errors = decoded.errors.to_pylist()
-        assert errors[1] == "missing triangleId" and errors[0] is None
-        assert errors[4] == "triangleId face must be a letter A-T"
-
-
-def test_decode_ids_reports_non_strings_per_row_without_raising():
-    decoded = mesh.decode_ids([mesh.encode_id(0, 1, ()), 42, b"STEP", None])
-    assert decoded.valid.tolist() == [True, False, False, False]
-    assert decoded.errors.to_pylist()[1:] == ["triangleId must be a string"] * 2 + ["missing triangleId"]
-    assert not mesh.decode_ids(pa.array([1, 2])).valid.any()
-    assert len(mesh.decode_ids([]).keys) == 0
-
-
-def test_decode_ids_equals_decode_id_on_many_random_and_mutated_ids():
-    rng = np.random.default_rng(11)
-    ids = []
-    for _ in range(300):
-        level = int(rng.integers(1, 22))
-        path = tuple(int(d) for d in rng.integers(0, 4, level - 1))
-        good = mesh.encode_id(int(rng.integers(20)), level, path)
-        i = int(rng.integers(len(good)))
-        ids += [good, good[:i] + str(rng.choice(list("0134AZ7-:"))) + good[i + 1:]]
-    decoded = mesh.decode_ids(ids)
-    for triangle_id, key, error in zip(ids, decoded.keys, decoded.errors.to_pylist()):
-        try:
-            assert mesh.key_of(triangle_id) == key and error is None
-            assert naive.decode_id(triangle_id) == mesh.decode_id(triangle_id)
-        except ValueError as raised:
-            assert key == -1 and error == str(raised)
-
-
-def test_encode_keys_spells_each_key_and_nulls_invalid_ones():
-    keys = [naive.pack(0, 1, ()), naive.pack(7, 12, (1, 0, 3) * 3 + (2, 2)), -1, 1 << 62,
-            naive.pack(19, 21, (3,) * 20)]
-    encoded = mesh.encode_keys(np.array(keys)).to_pylist()
-    assert encoded == [naive.encode_id(*naive.unpack(k)) if naive.key_is_valid(k) else None for k in keys]
-    assert mesh.encode_keys(np.array([], np.int64)).to_pylist() == []
-
-
-def test_id_of_refuses_keys_that_are_not_canonical():
-    for key in (-1, naive.pack(3, 2, (1,)) | 1, 21 << 45 | 1 << 40, naive.pack(0, 22, ())):
-        with pytest.raises(ValueError):
-            mesh.id_of(key)
-
+# --------------------------------------------------------------------------- key arithmetic
 
 def test_key_arithmetic_columns_match_the_scalar_helpers():
     keys = np.array([naive.pack(1, 1, ()), naive.pack(5, 21, (2,) * 20), -1])

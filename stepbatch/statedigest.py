@@ -1,0 +1,161 @@
+"""What a database holds, made comparable: a canonical digest of the state and the state re-derived
+from the event log.
+
+`state_digest` lets two validators (or two runs) check that they hold the same triangles, accounts and
+events, whatever order the documents were written in. `replay_event_log` recomputes balances, clicks,
+proof counts and used nonces from `triangle_events` alone, and `event_log_mismatches` lists every way
+the stored state differs from that: a lost click, a reused nonce or a double reward all show up there.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+
+from bson import ObjectId
+from bson.datetime_ms import DatetimeMS
+from bson.int64 import Int64
+
+DIGEST_COLLECTIONS = ("triangles", "accounts", "triangle_events")
+# Wall-clock times of the writes: two validators committing the same batches differ only in these.
+WALL_CLOCK_FIELDS = frozenset({"createdAt", "updatedAt"})
+
+
+def state_digest(db) -> str:
+    """Lowercase hex SHA-256 over the triangles, accounts and events of `db`.
+
+    Each document is reduced to a canonical text (sorted keys, typed values, floats exact) without its
+    write times and without an ObjectId `_id` (which only says where and when it was inserted); the
+    per-document hashes are sorted, so insertion order does not matter."""
+    sha = hashlib.sha256(b"STEP-STATE-v1\n")
+    for name in DIGEST_COLLECTIONS:
+        hashes = sorted(hashlib.sha256(_canonical_text(doc).encode()).digest()
+                        for doc in db[name].find({}))
+        sha.update(f"{name}:{len(hashes)}\n".encode())
+        sha.update(b"".join(hashes))
+    return sha.hexdigest()
+
+
+def _canonical_text(doc: dict) -> str:
+    kept = {k: v for k, v in doc.items()
+            if k not in WALL_CLOCK_FIELDS and not (k == "_id" and isinstance(v, ObjectId))}
+    return json.dumps(_canonical(kept), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _canonical(value):
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, Int64)):
+        return {"$int": str(int(value))}
+    if isinstance(value, float):
+        return {"$float": value.hex()}
+    if isinstance(value, DatetimeMS):
+        return {"$date": int(value)}
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return {"$date": (value - _EPOCH) // dt.timedelta(milliseconds=1)}
+    return {"$" + type(value).__name__: str(value)}
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+@dataclasses.dataclass
+class ReplayedAccount:
+    balance_micro: int = 0
+    proof_count: int = 0
+    last: tuple[float, float, int] | None = None  # (lat_deg, lon_deg, ts_ms) of the latest proof
+
+
+@dataclasses.dataclass
+class ReplayedState:
+    accounts: dict[str, ReplayedAccount]
+    triangle_clicks: dict[str, int]
+    click_numbers: dict[str, list[int]]  # per triangle, the click numbers its events carry, sorted
+    ended: dict[str, str]  # triangle id → "subdivided" | "exhausted", from subdivide events
+    nonce_uses: collections.Counter  # (account, nonce) → accepted proofs that used it
+
+
+def replay_event_log(db) -> ReplayedState:
+    """Balances, proof counts, last proofs, clicks and nonces recomputed from `triangle_events`.
+
+    An account's accepted proofs have strictly increasing timestamps (TOO_FAST rejects Δt ≤ 0), so its
+    last proof is the one with the latest timestamp, whichever batch wrote it."""
+    accounts: dict[str, ReplayedAccount] = collections.defaultdict(ReplayedAccount)
+    clicks: dict[str, list[int]] = collections.defaultdict(list)
+    ended: dict[str, str] = {}
+    nonce_uses: collections.Counter = collections.Counter()
+    for event in db.triangle_events.find({}):
+        if event.get("eventType") == "subdivide":
+            ended[event["triangleId"]] = event.get("payload", {}).get("state", "subdivided")
+            continue
+        payload = event["payload"]
+        account = accounts[event["account"]]
+        account.balance_micro += int(payload["rewardMicro"])
+        account.proof_count += 1
+        ts_ms = _epoch_ms(event["timestamp"])
+        if account.last is None or ts_ms > account.last[2]:
+            account.last = (float(payload["lat"]), float(payload["lon"]), ts_ms)
+        clicks[event["triangleId"]].append(int(payload["clickNumber"]))
+        nonce_uses[(event["account"], event["nonce"])] += 1
+    return ReplayedState(
+        accounts=dict(accounts),
+        triangle_clicks={triangle: len(numbers) for triangle, numbers in clicks.items()},
+        click_numbers={triangle: sorted(numbers) for triangle, numbers in clicks.items()},
+        ended=ended, nonce_uses=nonce_uses)
+
+
+def event_log_mismatches(db, subdivide_at_clicks: int = 11) -> list[str]:
+    """Every difference between the stored accounts/triangles and what the event log implies; [] when
+    the state is exactly the accepted proofs applied one by one."""
+    replayed = replay_event_log(db)
+    problems = [f"nonce {nonce!r} of {account} used by {uses} accepted proofs"
+                for (account, nonce), uses in replayed.nonce_uses.items() if uses > 1]
+    for triangle, numbers in replayed.click_numbers.items():
+        if numbers != list(range(1, len(numbers) + 1)):
+            problems.append(f"triangle {triangle} has click numbers {numbers}, not 1..{len(numbers)}")
+    stored_accounts = {doc["_id"]: doc for doc in db.accounts.find({})}
+    for address in sorted(set(stored_accounts) | set(replayed.accounts)):
+        doc, account = stored_accounts.get(address), replayed.accounts.get(address, ReplayedAccount())
+        stored = (int(doc.get("balanceMicro", 0)), int(doc.get("proofCount", 0))) if doc else (0, 0)
+        if stored != (account.balance_micro, account.proof_count):
+            problems.append(f"account {address}: stored (balance, proofs) {stored}, "
+                            f"events give {(account.balance_micro, account.proof_count)}")
+        elif doc and account.last is not None:
+            last = doc.get("lastProof") or {}
+            kept = (float(last.get("lat", "nan")), float(last.get("lon", "nan")),
+                    _epoch_ms(last["ts"]) if "ts" in last else None)
+            if kept != account.last:
+                problems.append(f"account {address}: stored last proof {kept}, events give {account.last}")
+    stored_triangles = {doc["_id"]: doc for doc in db.triangles.find(
+        {"$or": [{"clicks": {"$gt": 0}}, {"state": {"$ne": "active"}}]}, {"clicks": 1, "state": 1})}
+    for triangle in sorted(set(stored_triangles) | set(replayed.triangle_clicks)):
+        doc = stored_triangles.get(triangle)
+        expected = replayed.triangle_clicks.get(triangle, 0)
+        if doc is None or int(doc.get("clicks", 0)) != expected:
+            problems.append(f"triangle {triangle}: stored clicks "
+                            f"{0 if doc is None else doc.get('clicks')}, events give {expected}")
+            continue
+        state = replayed.ended.get(triangle, "active")
+        if doc.get("state") != state:
+            problems.append(f"triangle {triangle}: stored state {doc.get('state')}, events give {state}")
+        if (expected >= subdivide_at_clicks) != (triangle in replayed.ended):
+            problems.append(f"triangle {triangle}: {expected} clicks but "
+                            f"{'a' if triangle in replayed.ended else 'no'} subdivide event")
+    return problems
+
+
+def _epoch_ms(value) -> int:
+    if isinstance(value, DatetimeMS):
+        return int(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return (value - _EPOCH) // dt.timedelta(milliseconds=1)
