@@ -18,7 +18,7 @@ class Config:
     mongodb_uri: str | None = None
     db_name: str = "step"
     data_dir: str = "stepbatch-data"
-    commit_retries: int = 5
+    commit_retries: int = 10
 
     @property
     def threads(self) -> int:

@@ -32,7 +32,7 @@ __all__ = [
     "canonical_message", "canonical_messages", "eip191_digest", "eip191_digests", "keccak256",
     "ParsedSignatures", "parse_signatures", "parse_accounts", "SignatureRecoverer",
     "recover_addresses", "recover_address", "check_signers", "SignerCheck", "signatures_match", "sign_proof", "sign_digests",
-    "signatures_to_hex", "addresses_to_hex", "address_of", "MalformedSignatureError",
+    "signatures_to_hex", "addresses_to_hex", "address_of", "addresses_of", "MalformedSignatureError",
     "UnrecoverableSignatureError", "InvalidPrivateKeyError",
 ]
 
@@ -264,6 +264,17 @@ def address_of(private_key: bytes | str) -> str:
     """Lower-case 0x address of a private key (32 bytes, or 64 hex digits with optional 0x)."""
     public_key = secp256k1.public_key_of(_private_key_bytes(private_key))
     return "0x" + keccak256(public_key)[-ADDRESS_BYTES:].hex()
+
+
+def addresses_of(private_keys: Sequence[bytes] | np.ndarray) -> pa.Array:
+    """Lower-case 0x addresses of many private keys, their public keys hashed in one kernel call."""
+    public_keys = np.frombuffer(
+        b"".join(secp256k1.public_key_of(_private_key_bytes(bytes(key))) for key in private_keys),
+        np.uint8).reshape(len(private_keys), 64)
+    hashes = np.zeros((len(private_keys), DIGEST_BYTES), np.uint8)
+    launch(keccak256_fixed, len(private_keys), public_keys,
+           _chunk_bounds(len(private_keys)), hashes)
+    return addresses_to_hex(np.ascontiguousarray(hashes[:, DIGEST_BYTES - ADDRESS_BYTES:]))
 
 
 def sign_proof(private_key: bytes | str, payload: Mapping) -> str:

@@ -26,8 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kernels import gen as kernel
-from kernels.keccak import keccak256_fixed
-from stepbatch import crypto, mesh, reach, secp256k1, tamper
+from stepbatch import crypto, mesh, reach, tamper
 from stepbatch import walkers as walk
 from stepbatch.codes import MAX_LEVEL, Code
 from stepbatch.config import Config
@@ -117,7 +116,7 @@ def generate(walkers: int = DEFAULT_WALKERS, proofs: int | None = DEFAULT_PROOFS
         proofs = None
     walker_keys = _private_keys(seed, "walker", walkers)
     attacker_keys = _private_keys(seed, "attacker", _N_ATTACKER_KEYS)
-    addresses = _addresses(walker_keys)
+    addresses = crypto.addresses_of(walker_keys)
 
     attacks_per_gap = attack_share / (1.0 - attack_share)
     slots = walk.slots_needed(walkers, proofs, duration_s, attacks_per_gap)
@@ -367,16 +366,6 @@ def _private_keys(seed: int, role: str, count: int) -> np.ndarray:
             attempt += 1
         keys.append(key)
     return np.frombuffer(b"".join(keys), np.uint8).reshape(count, 32).copy()
-
-
-def _addresses(private_keys: np.ndarray) -> pa.Array:
-    """Lower-case 0x addresses of (n, 32) secrets, hashed in one kernel call (`crypto.address_of`
-    hashes one key per call)."""
-    public_keys = np.frombuffer(b"".join(secp256k1.public_key_of(key.tobytes()) for key in private_keys),
-                                np.uint8).reshape(len(private_keys), 64)
-    hashes = np.zeros((len(private_keys), 32), np.uint8)
-    keccak256_fixed(public_keys, np.array([0, len(private_keys)], np.int64), hashes)
-    return crypto.addresses_to_hex(np.ascontiguousarray(hashes[:, 12:]))
 
 
 def _stream(seed: int, purpose: str) -> np.random.Generator:

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from kernels.gen import ancestor_keys
+from kernels.jit import launch
 from stepbatch import mesh
 from stepbatch.walkers import EARTH_RADIUS_M, destination
 
@@ -33,7 +34,7 @@ def seeding(center: tuple[float, float], radius_m: float, level: int, point_key:
         raise ValueError(f"a {radius_m:g} m radius holds over {MAX_SEEDED:,} level-{level} "
                          f"triangles; choose a coarser level or a smaller radius")
     parents = np.empty(len(point_key), np.int64)
-    ancestor_keys(point_key, level - 1, parents)
+    launch(ancestor_keys, len(point_key), point_key, level - 1, parents)
     seeded = np.union1d(mesh.child_keys(np.unique(parents)).ravel(), _level_keys(level, disc_bbox))
     corners = mesh.rings_of_keys(seeded)[:, :3].reshape(-1, 2)  # [lon, lat] of every vertex
     east_deg = (corners[:, 0] - lon0 + 180.0) % 360.0 - 180.0

@@ -76,7 +76,8 @@ def _h3_cell(triangle_id: str, resolution: int) -> str:
 
 
 def format_report(report: Report, max_mismatches: int = 50) -> str:
-    with pl.Config(tbl_rows=100, tbl_cols=20, fmt_str_lengths=60, tbl_hide_dataframe_shape=True):
+    with pl.Config(tbl_rows=100, tbl_cols=20, fmt_str_lengths=60, tbl_width_chars=400,
+                   tbl_hide_dataframe_shape=True):
         parts = [
             f"{report.rows:,} verdicts, {report.acceptance_rate:.1%} accepted, "
             f"{report.rewards_micro / 1e6:,.6f} STEP paid",

@@ -173,6 +173,13 @@ class MongoStore:
         return CommittedBatch(batch_id=batch_id, digest=batch["digest"], input_digest=batch["inputDigest"],
                               counts=dict(batch["counts"]), verdicts=verdicts)
 
+    def batch_ids(self, prefix: str) -> list[str]:
+        """Ids of the committed batches that start with `prefix`, read from the `_id` index (an
+        anchored regex on a literal prefix is a range scan)."""
+        with translated_errors(f"listing batches {prefix}*"):
+            return [doc["_id"] for doc in self.db.batches.find(
+                {"_id": {"$regex": "^" + re.escape(prefix)}}, {"_id": 1})]
+
     # ------------------------------------------------------------------------------ commit
 
     def commit(self, outcome: BatchOutcome) -> None:
