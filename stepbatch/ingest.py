@@ -31,6 +31,7 @@ import pyarrow.ipc as ipc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from stepbatch import ndjson
 from stepbatch.fields import FIELD_ORDER, Column, check_fields, coerce_arrow, coerce_json, \
     describe_json
 from stepbatch.schema import API_KEYS, PROOF_COLUMNS, PROOF_SCHEMA, SIGNED_FIELDS
@@ -153,7 +154,7 @@ def _read(item: _Input, batch_rows: int | None, skip: int, named: bool) -> Itera
         ("line" if item.kind == "ndjson" else "row")
     try:
         for raw, numbers in _READERS[item.kind](item, batch_rows, skip):
-            parts = raw.parts if isinstance(raw, _Group) else [raw]
+            parts = raw.parts if isinstance(raw, ndjson.Group) else [raw]
             parsed = _merge([_from_objects(part) if isinstance(part, list) else _from_arrow(part)
                              for part in parts])
             yield _finish(parsed, numbers, where)
@@ -244,6 +245,7 @@ def _rechunk(tables: Iterable[pa.Table], size: int | None) -> Iterator[pa.Table]
 
 # ---------------------------------------------------------------- NDJSON
 
+# Read sizes for stepbatch.ndjson, looked up per source so that tests can shrink them.
 _BLOCK_BYTES = 4 << 20
 _GROUP_ROWS = 65_536
 _RUN_ROWS = 256
@@ -256,120 +258,16 @@ _NDJSON_SCHEMA = pa.schema(
 # way round), so a block it accepts needs no per-value type check.
 _PARSE = pajson.ParseOptions(explicit_schema=_NDJSON_SCHEMA, unexpected_field_behavior="infer")
 _READ = pajson.ReadOptions(block_size=1 << 20)
-_DECODER = json.JSONDecoder()
-
-
-class _Group(NamedTuple):
-    parts: list  # consecutive pyarrow tables and lists of JSON values, in line order
-
-
-class _BadLine(NamedTuple):
-    message: str  # why the line is not a JSON value
-
-
-class _Lines(NamedTuple):
-    """The rows of a block: byte spans of its lines that are not all whitespace, their numbers,
-    and whether each is plain: `{` first and `}` last, but for JSON whitespace."""
-
-    starts: np.ndarray
-    ends: np.ndarray
-    numbers: np.ndarray
-    plain: np.ndarray
-
-    def rows(self, selection) -> "_Lines":
-        return _Lines(*(part[selection] for part in self))
 
 
 def _read_ndjson(item: _Input, batch_rows: int | None, skip: int):
-    def pieces():
-        for block, first_line in _ndjson_blocks(item):
-            lines = _lines(block, first_line)
-            if item.rows_skipped < skip:
-                cut = min(skip - item.rows_skipped, len(lines.starts))
-                item.rows_skipped += cut
-                lines = lines.rows(slice(cut, None))
-            if len(lines.starts):
-                yield from _parse_lines(block, lines)
-
-    # Pieces are gathered into groups of about _GROUP_ROWS rows, so that the field checks run over
-    # long columns however finely a block with bad lines was cut up.
-    parts: list = []
-    numbers: list[np.ndarray] = []
-    for raw, line_numbers in pieces():
-        if parts and type(parts[-1]) is type(raw):
-            parts[-1] = _concat([parts[-1], raw]) if isinstance(raw, pa.Table) else parts[-1] + raw
-        else:
-            parts.append(raw)
-        numbers.append(line_numbers)
-        if sum(map(len, numbers)) >= _GROUP_ROWS:
-            yield _Group(parts), np.concatenate(numbers)
-            parts, numbers = [], []
-    if parts:
-        yield _Group(parts), np.concatenate(numbers)
-
-
-def _ndjson_blocks(item: _Input) -> Iterator[tuple[bytes, int]]:
-    """(block of whole lines, number of its first line), one block at a time."""
-    line, carry = 1, b""
+    reader = ndjson.Reader(fast=_fast, concat=_concat, block_bytes=_BLOCK_BYTES,
+                           run_rows=_RUN_ROWS, group_rows=_GROUP_ROWS)
     with item.open() as handle:
-        while True:
-            data = handle.read(_BLOCK_BYTES)
-            if line == 1 and not carry:
-                data = data.removeprefix(b"\xef\xbb\xbf")
-            if not data:
-                if carry:
-                    yield carry, line
-                return
-            data = carry + data
-            cut = data.rfind(b"\n") + 1
-            block, carry = data[:cut], data[cut:]
-            if block:
-                yield block, line
-                line += block.count(b"\n")
-
-
-def _lines(block: bytes, first_line: int) -> _Lines:
-    data = np.frombuffer(block, np.uint8)
-    newlines = np.flatnonzero(data == 10)
-    starts = np.concatenate(([0], newlines + 1))
-    ends = np.concatenate((newlines, [len(data)]))
-    filled = ends > starts
-    at_end = np.maximum(ends - 1, 0)
-    cr = filled & (data[at_end] == 13)
-    first = data[np.minimum(starts, len(data) - 1)]
-    last = data[np.maximum(at_end - cr, 0)]
-    plain = filled & (ends - cr - starts >= 2) & (first == 123) & (last == 125)
-    keep = plain.copy()
-    for i in np.flatnonzero(filled & ~plain).tolist():  # blank, padded or not an object
-        text = block[starts[i]:ends[i]].strip(b" \t\r")
-        keep[i] = bool(text)
-        plain[i] = len(text) >= 2 and text[:1] == b"{" and text[-1:] == b"}"
-    return _Lines(starts[keep], ends[keep], first_line + np.flatnonzero(keep), plain[keep])
-
-
-def _parse_lines(block: bytes, lines: _Lines):
-    """(pyarrow table or list of JSON values, their line numbers) covering `lines` in order.
-
-    pyarrow also accepts two objects on one line and one object over two lines, so its rows are
-    taken as the lines' rows only where every line is plain and the counts agree. A part it
-    refuses is retried in runs of _RUN_ROWS lines, and a run refused again is read line by line:
-    one bad line costs one run of `json.loads`, not a block.
-    """
-    whole = _fast_rows(block, lines)
-    if whole is not None:
-        yield whole, lines.numbers
-        return
-    for i in range(0, len(lines.starts), _RUN_ROWS):
-        run = lines.rows(slice(i, i + _RUN_ROWS))
-        table = _fast_rows(block, run)
-        yield (table if table is not None else _slow(block, run)), run.numbers
-
-
-def _fast_rows(block: bytes, lines: _Lines) -> pa.Table | None:
-    if not lines.plain.all():
-        return None
-    table = _fast(block[lines.starts[0]:lines.ends[-1]])
-    return table if table is not None and table.num_rows == len(lines.starts) else None
+        for group, numbers in reader.groups(handle, skip):
+            item.rows_skipped = reader.rows_skipped
+            yield group, numbers
+    item.rows_skipped = reader.rows_skipped
 
 
 def _fast(data: bytes) -> pa.Table | None:
@@ -378,20 +276,6 @@ def _fast(data: bytes) -> pa.Table | None:
         return pajson.read_json(pa.BufferReader(data), read_options=_READ, parse_options=_PARSE)
     except pa.ArrowInvalid:
         return None
-
-
-def _slow(block: bytes, lines: _Lines) -> list:
-    """The exact reader: `json.loads` per line; a line that is not JSON becomes a `_BadLine`."""
-    values = []
-    for start, end in zip(lines.starts.tolist(), lines.ends.tolist()):
-        try:
-            values.append(_DECODER.decode(block[start:end].decode()))
-        except UnicodeDecodeError:
-            values.append(_BadLine("not valid UTF-8"))
-        except ValueError as err:
-            values.append(_BadLine(f"not valid JSON: {getattr(err, 'msg', err)} "
-                                   f"at column {getattr(err, 'colno', '?')}"))
-    return values
 
 
 _READERS = {"table": _read_rows, "records": _read_rows, "json": _read_rows,
@@ -457,7 +341,7 @@ def _from_objects(objects: list) -> _Parsed:
     sources, is_api, row_errors = [], [], []
     for obj in objects:
         error, source, api = None, _NOTHING, False
-        if isinstance(obj, _BadLine):
+        if isinstance(obj, ndjson.BadLine):
             error = obj.message
         elif not isinstance(obj, dict):
             error = f"expected a JSON object, got {describe_json(obj)}"

@@ -36,6 +36,7 @@ class ReplaySummary:
     reward_micro: int = 0
     seconds: float = 0.0
     validate_seconds: float = 0.0
+    stage_seconds: Counter = dataclasses.field(default_factory=Counter)  # BatchResult.timings summed
 
     @property
     def proofs_per_second(self) -> float:
@@ -79,6 +80,7 @@ def replay(inputs: Sequence[str], validator: Validator, *, out: str | None = Non
     summary.resumed_from_row = start
     started = time.perf_counter()
     writer = _VerdictWriter(out) if out else None
+    finished = False
     try:
         # With --out, a resumed run re-reads the rows before `start` to carry their columns next to
         # the verdicts the store kept for them.
@@ -103,6 +105,7 @@ def replay(inputs: Sequence[str], validator: Validator, *, out: str | None = Non
             summary.rows += chunk.table.num_rows
             summary.batches += 1
             summary.counts.update(result.counts)
+            summary.stage_seconds.update(result.timings)
             summary.reward_micro += int(pa.compute.sum(result.verdicts.column("reward_micro")).as_py()
                                         or 0)
             if writer is not None:
@@ -110,9 +113,10 @@ def replay(inputs: Sequence[str], validator: Validator, *, out: str | None = Non
             summary.seconds = time.perf_counter() - started
             if progress is not None:
                 progress(chunk.table.num_rows, summary)
+        finished = True
     finally:
         if writer is not None:
-            writer.close()
+            writer.close(keep=finished)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -142,7 +146,11 @@ class _VerdictWriter:
             self._writer = pq.ParquetWriter(self.partial, table.schema)
         self._writer.write_table(table)
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        """Move the file into place, or (`keep=False`, a replay that failed) delete it."""
         if self._writer is not None:
             self._writer.close()
-            os.replace(self.partial, self.path)
+            if keep:
+                os.replace(self.partial, self.path)
+            else:
+                self.partial.unlink(missing_ok=True)

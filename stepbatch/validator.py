@@ -80,6 +80,9 @@ class Validator:
                     raise BatchConflictError(
                         f"batch {batch_id} was already committed with different proofs "
                         f"(stored digest {stored.digest})")
+                if stored.verdicts is None:
+                    raise BatchConflictError(f"batch {batch_id} was already committed (digest "
+                                             f"{stored.digest}); this store keeps no verdicts to return")
                 return BatchResult(verdicts=stored.verdicts, digest=stored.digest, batch_id=batch_id,
                                    counts=dict(stored.counts), timings=timings, committed=True)
             result = self._validate(proofs, batch_id, batch_time_ms, dict(timings), fingerprint)

@@ -48,13 +48,13 @@ def run(args: argparse.Namespace) -> int:
     config = Config.from_env(mongodb_uri=args.mongodb_uri)
 
     if args.no_commit and triangles:
-        store = MemoryStore(triangles)
+        store = MemoryStore(triangles, keep_verdicts=False)
     else:
         from stepbatch.store.mongo import MongoStore
         database = MongoStore(config.mongodb_uri, config.db_name, config=config)
         if triangles:
             database.add_triangles(triangles)
-        store = MemoryStore(backing=database) if args.no_commit else database
+        store = MemoryStore(backing=database, keep_verdicts=False) if args.no_commit else database
 
     bar = None if args.quiet else _progress_bar(args.inputs)
     try:
@@ -85,17 +85,24 @@ def _triangle_ids(path: str) -> list[str]:
 
 
 class _Bar:
+    """A progress bar that appears with the first batch done, so that a run failing before it
+    leaves nothing on stderr but its error line."""
+
     def __init__(self, total: int | None):
-        from tqdm import tqdm
-        self._bar = tqdm(total=total, unit=" proofs", unit_scale=True, dynamic_ncols=True,
-                         file=sys.stderr)
+        self._total = total
+        self._bar = None
 
     def update(self, rows: int, summary) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+            self._bar = tqdm(total=self._total, unit=" proofs", unit_scale=True,
+                             dynamic_ncols=True, file=sys.stderr)
         self._bar.set_postfix_str(f"{summary.counts.get('ACCEPTED', 0):,} accepted")
         self._bar.update(rows)
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _progress_bar(inputs) -> _Bar:
@@ -112,6 +119,9 @@ def _progress_bar(inputs) -> _Bar:
 def _print_summary(summary, args, out) -> None:
     print(f"replayed {summary.rows:,} proofs in {summary.batches:,} batches "
           f"({summary.seconds:.1f} s, {summary.proofs_per_second:,.0f} proofs/s)", file=out)
+    if summary.stage_seconds:
+        stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary.stage_seconds.items())
+        print(f"stages: {stages}", file=out)
     if summary.resumed_from_row:
         print(f"resumed after row {summary.resumed_from_row:,}", file=out)
     for code, n in sorted(summary.counts.items(), key=lambda item: -item[1]):

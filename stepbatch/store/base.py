@@ -77,7 +77,7 @@ class CommittedBatch:
     digest: str
     input_digest: str  # fingerprint of the proofs as submitted, see `stepbatch.verdicts.input_digest`
     counts: dict[str, int]
-    verdicts: pa.Table  # VERDICT_SCHEMA, rebuilt from what the store holds
+    verdicts: pa.Table | None  # VERDICT_SCHEMA, rebuilt from what the store holds; None if not kept
 
 
 @dataclasses.dataclass

@@ -30,15 +30,21 @@ class MemoryStore:
     """State in process memory; `triangles` are ids that exist from the start, active with 0 clicks.
 
     With a `backing` store, state the memory does not hold yet is read from it and every change stays
-    in memory: a dry run against a real database (`stepbatch replay --no-commit`).
+    in memory: a dry run against a real database (`stepbatch replay --no-commit`). Without
+    `keep_verdicts` a committed batch keeps only its digests and counts, which bounds the memory of
+    a long replay; its verdicts then cannot be handed back for a repeated batch id.
     """
 
-    def __init__(self, triangles: Iterable[str] = (), backing: Store | None = None):
+    def __init__(self, triangles: Iterable[str] = (), backing: Store | None = None,
+                 keep_verdicts: bool = True):
         self._lock = threading.Lock()
         self.backing = backing
+        self.keep_verdicts = keep_verdicts
         self.triangles: dict[str, list[int]] = {}  # id → [state, clicks]
         self.accounts: dict[str, _Account] = {}
-        self.nonces: set[tuple[str, str]] = set()
+        # account → nonces its accepted proofs used; one key string per account keeps a long replay
+        # from holding a copy of the address for every proof.
+        self.nonces: dict[str, set[str]] = {}
         self.batches: dict[str, CommittedBatch] = {}
         self.add_triangles(triangles)
 
@@ -67,8 +73,8 @@ class MemoryStore:
                 if triangle is not None:
                     state.triangle_state[i], state.triangle_clicks[i] = triangle
             pairs = zip(keys.nonce_accounts.to_pylist(), keys.nonces.to_pylist())
-            state.nonce_used |= np.fromiter((pair in self.nonces for pair in pairs), np.bool_,
-                                            len(keys.nonces))
+            state.nonce_used |= np.fromiter((nonce in self.nonces.get(account, ()) for account, nonce
+                                             in pairs), np.bool_, len(keys.nonces))
         return state
 
     def committed(self, batch_id: str) -> CommittedBatch | None:
@@ -112,10 +118,11 @@ class MemoryStore:
                 )
             used = np.flatnonzero(final.nonce_used & ~prior.nonce_used)
             nonce_accounts, nonces = keys.nonce_accounts.to_pylist(), keys.nonces.to_pylist()
-            self.nonces.update((nonce_accounts[i], nonces[i]) for i in used)
+            for i in used:
+                self.nonces.setdefault(nonce_accounts[i], set()).add(nonces[i])
             self.batches[outcome.batch_id] = CommittedBatch(
                 batch_id=outcome.batch_id, digest=outcome.digest, input_digest=outcome.input_digest,
-                counts=dict(outcome.counts), verdicts=outcome.verdicts)
+                counts=dict(outcome.counts), verdicts=outcome.verdicts if self.keep_verdicts else None)
 
     def _unchanged_since(self, keys: StateKeys, prior: PriorState) -> bool:
         """Whether what this store holds for `keys` is still `prior` (a backing store's share of the

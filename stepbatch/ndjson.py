@@ -1,0 +1,161 @@
+"""NDJSON framing for ingest: bytes to line-numbered rows, fast where pyarrow can and exact where not.
+
+A file is read in blocks of whole lines. Each block's lines are located with NumPy (no Python loop
+over lines that are plain `{…}` objects); blank lines are counted but are not rows. The rows of a
+block go to a fast parser (ingest's pyarrow reader with its explicit schema) and, where it refuses,
+to `json.loads` line by line, so one bad line costs one run of `json.loads`, not a block. What the
+rows mean is ingest's business: this module yields pyarrow tables and lists of JSON values (a line
+that is not JSON is a `BadLine`), each with the numbers of the lines it covers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import BinaryIO, Callable, Iterator, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+_DECODER = json.JSONDecoder()
+
+
+class BadLine(NamedTuple):
+    message: str  # why the line is not a JSON value
+
+
+class Group(NamedTuple):
+    parts: list  # consecutive pyarrow tables and lists of JSON values, in line order
+
+
+class Lines(NamedTuple):
+    """The rows of a block: byte spans of its lines that are not all whitespace, their numbers,
+    and whether each is plain: `{` first and `}` last, but for JSON whitespace."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    numbers: np.ndarray
+    plain: np.ndarray
+
+    def rows(self, selection) -> "Lines":
+        return Lines(*(part[selection] for part in self))
+
+
+@dataclasses.dataclass
+class Reader:
+    """Reads one NDJSON stream; `rows_skipped` says how many rows `skip` has passed over so far.
+
+    `fast(data)` parses a span of plain lines into a table or returns None when it refuses it;
+    `concat(tables)` joins the tables of consecutive pieces.
+    """
+
+    fast: Callable[[bytes], pa.Table | None]
+    concat: Callable[[list], pa.Table]
+    block_bytes: int = 4 << 20
+    run_rows: int = 256
+    group_rows: int = 65_536
+    rows_skipped: int = 0
+
+    def groups(self, handle: BinaryIO, skip: int = 0) -> Iterator[tuple[Group, np.ndarray]]:
+        """(Group, line numbers of its rows) after the first `skip` rows.
+
+        Pieces are gathered into groups of about `group_rows` rows, so that the field checks run
+        over long columns however finely a block with bad lines was cut up."""
+        parts: list = []
+        numbers: list[np.ndarray] = []
+        for raw, line_numbers in self.pieces(handle, skip):
+            if parts and type(parts[-1]) is type(raw):
+                parts[-1] = self.concat([parts[-1], raw]) if isinstance(raw, pa.Table) \
+                    else parts[-1] + raw
+            else:
+                parts.append(raw)
+            numbers.append(line_numbers)
+            if sum(map(len, numbers)) >= self.group_rows:
+                yield Group(parts), np.concatenate(numbers)
+                parts, numbers = [], []
+        if parts:
+            yield Group(parts), np.concatenate(numbers)
+
+    def pieces(self, handle: BinaryIO, skip: int = 0):
+        """(pyarrow table or list of JSON values, their line numbers), in line order."""
+        for block, first_line in self.blocks(handle):
+            lines = line_spans(block, first_line)
+            if self.rows_skipped < skip:
+                cut = min(skip - self.rows_skipped, len(lines.starts))
+                self.rows_skipped += cut
+                lines = lines.rows(slice(cut, None))
+            if len(lines.starts):
+                yield from self.parse_lines(block, lines)
+
+    def blocks(self, handle: BinaryIO) -> Iterator[tuple[bytes, int]]:
+        """(block of whole lines, number of its first line), one block at a time."""
+        line, carry = 1, b""
+        while True:
+            data = handle.read(self.block_bytes)
+            if line == 1 and not carry:
+                data = data.removeprefix(b"\xef\xbb\xbf")
+            if not data:
+                if carry:
+                    yield carry, line
+                return
+            data = carry + data
+            cut = data.rfind(b"\n") + 1
+            block, carry = data[:cut], data[cut:]
+            if block:
+                yield block, line
+                line += block.count(b"\n")
+
+    def parse_lines(self, block: bytes, lines: Lines):
+        """(pyarrow table or list of JSON values, their line numbers) covering `lines` in order.
+
+        pyarrow also accepts two objects on one line and one object over two lines, so its rows are
+        taken as the lines' rows only where every line is plain and the counts agree. A part it
+        refuses is retried in runs of `run_rows` lines, and a run refused again is read line by line.
+        """
+        whole = self._fast_rows(block, lines)
+        if whole is not None:
+            yield whole, lines.numbers
+            return
+        for i in range(0, len(lines.starts), self.run_rows):
+            run = lines.rows(slice(i, i + self.run_rows))
+            table = self._fast_rows(block, run)
+            yield (table if table is not None else exact_values(block, run)), run.numbers
+
+    def _fast_rows(self, block: bytes, lines: Lines) -> pa.Table | None:
+        if not lines.plain.all():
+            return None
+        table = self.fast(block[lines.starts[0]:lines.ends[-1]])
+        return table if table is not None and table.num_rows == len(lines.starts) else None
+
+
+def line_spans(block: bytes, first_line: int) -> Lines:
+    data = np.frombuffer(block, np.uint8)
+    newlines = np.flatnonzero(data == 10)
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(data)]))
+    filled = ends > starts
+    at_end = np.maximum(ends - 1, 0)
+    cr = filled & (data[at_end] == 13)
+    first = data[np.minimum(starts, len(data) - 1)]
+    last = data[np.maximum(at_end - cr, 0)]
+    plain = filled & (ends - cr - starts >= 2) & (first == 123) & (last == 125)
+    keep = plain.copy()
+    for i in np.flatnonzero(filled & ~plain).tolist():  # blank, padded or not an object
+        text = block[starts[i]:ends[i]].strip(b" \t\r")
+        keep[i] = bool(text)
+        plain[i] = len(text) >= 2 and text[:1] == b"{" and text[-1:] == b"}"
+    return Lines(starts[keep], ends[keep], first_line + np.flatnonzero(keep), plain[keep])
+
+
+def exact_values(block: bytes, lines: Lines) -> list:
+    """The exact reader: `json.loads` per line; a line that is not JSON becomes a `BadLine`."""
+    values = []
+    for start, end in zip(lines.starts.tolist(), lines.ends.tolist()):
+        try:
+            values.append(_DECODER.decode(block[start:end].decode()))
+        except UnicodeDecodeError:
+            values.append(BadLine("not valid UTF-8"))
+        except ValueError as err:
+            values.append(BadLine(f"not valid JSON: {getattr(err, 'msg', err)} "
+                                  f"at column {getattr(err, 'colno', '?')}"))
+    return values
