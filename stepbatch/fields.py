@@ -12,14 +12,9 @@ with the field's name as the API shape spells it (`triangleId`); those of `trian
 `signature` values are the ones `mesh.decode_ids` and `crypto.parse_signatures` give. `version`
 need only be a string: another version is UNSUPPORTED_VERSION, decided later.
 
-Timestamps (`timestamp`, and `received_at` when it is a string) must match, exactly and in full,
-
-    YYYY-MM-DDTHH:MM:SS[.F](Z|+hh:mm|-hh:mm)
-
-with ASCII digits, an upper-case `T` and `Z`, F of 1 to 9 digits (truncated to milliseconds, not
-rounded), a zone offset of at most 23:59, a calendar date of the proleptic Gregorian calendar
-(years 0000–9999, leap years included), hour ≤ 23, minute ≤ 59 and second ≤ 59 (no leap second).
-Anything else — a space for `T`, a missing zone, `24:00:00`, 2025-02-29 — is refused.
+Times (`timestamp`, and `received_at` when it is a string) must follow the strict ISO-8601 grammar
+of `stepbatch.timestamps`; a text outside it and a date or time that does not exist get distinct
+messages.
 """
 
 from __future__ import annotations
@@ -34,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stepbatch import crypto, mesh
+from stepbatch import crypto, mesh, timestamps
+from stepbatch.timestamps import parse_timestamps
 
 FIELD_ORDER = ("version", "account", "triangle_id", "lat", "lon", "accuracy", "timestamp", "nonce",
                "signature", "received_at")
@@ -44,8 +40,6 @@ NONCE_MAX_CHARS = 128
 _RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0)}
 _LABELS = {"triangle_id": "triangleId"}
 _ACCOUNT_RE = r"^0x[0-9a-fA-F]{40}$"
-_TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
-_TIMESTAMP_GRAMMAR = "ISO-8601 YYYY-MM-DDTHH:MM:SS[.fraction] with Z or ±hh:mm"
 _QUOTE_CHARS = 64
 _CONTROL_RE = "[\x00-\x1f\x7f]"
 _RECEIVED_AT_EXPECTED = "received_at: expected an ISO-8601 time with a zone, a timestamp or epoch ms"
@@ -297,9 +291,9 @@ def _check_nonce(failures: "_Failures", values: pa.Array, present: np.ndarray) -
 
 
 def _check_timestamps(failures: "_Failures", values: pa.Array, present: np.ndarray):
-    ts_ms, well_formed, possible = _parse_timestamps(values)
+    ts_ms, well_formed, possible = timestamps.parse_timestamp_parts(values)
     failures.add(present & ~well_formed, lambda rows: _join(
-        f"timestamp: expected {_TIMESTAMP_GRAMMAR}, got ", _quoted(values.take(rows))))
+        f"timestamp: expected {timestamps.GRAMMAR}, got ", _quoted(values.take(rows))))
     failures.add(present & ~possible, lambda rows: _join(
         "timestamp: no such date or time, got ", _quoted(values.take(rows))))
     return ts_ms, well_formed & possible
@@ -307,76 +301,6 @@ def _check_timestamps(failures: "_Failures", values: pa.Array, present: np.ndarr
 
 _VALUE_RULES = {"account": _check_account, "lat": _check_number("lat"), "lon": _check_number("lon"),
                 "accuracy": _check_number("accuracy"), "nonce": _check_nonce}
-
-
-# ---------------------------------------------------------------- timestamps
-
-def parse_timestamps(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(epoch ms int64, ok bool) for a string array; ok is False for null, malformed or
-    impossible times (see the module docstring), and their ms is 0."""
-    ts_ms, well_formed, possible = _parse_timestamps(strings)
-    return ts_ms, well_formed & possible
-
-
-def _parse_timestamps(strings: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(epoch ms, well formed, a possible date and time) — `possible` is True where not well formed.
-
-    The grammar fixes the position of every field but the fraction, so the digits are gathered
-    straight from the Arrow data buffer.
-    """
-    strings = _combined(strings).cast(pa.string())
-    num_rows = len(strings)
-    ok = _true(pc.match_substring_regex(strings, _TIMESTAMP_RE))
-    if not ok.any():
-        return np.zeros(num_rows, np.int64), ok, np.ones(num_rows, bool)
-    offsets = np.frombuffer(strings.buffers()[1], np.int32, num_rows + 1, strings.offset * 4)
-    data = np.frombuffer(strings.buffers()[2], np.uint8)
-    # Rows that did not match read the digits of the first row that did, and are discarded.
-    first = int(np.argmax(ok))
-    start = np.where(ok, offsets[:-1], offsets[first]).astype(np.int64)
-    end = np.where(ok, offsets[1:], offsets[first + 1]).astype(np.int64)
-
-    def number(position, width):
-        value = np.zeros(num_rows, np.int64)
-        for k in range(width):
-            value = value * 10 + data[position + k] - 48
-        return value
-
-    year, month, day = number(start, 4), number(start + 5, 2), number(start + 8, 2)
-    hour, minute, second = number(start + 11, 2), number(start + 14, 2), number(start + 17, 2)
-    utc = data[end - 1] == ord("Z")
-    zone_chars = np.where(utc, 1, 6)
-    zone_sign = np.where(data[end - 6] == ord("-"), -1, 1)
-    zone_hour = np.where(utc, 0, number(np.maximum(end - 5, 0), 2))
-    zone_minute = np.where(utc, 0, number(np.maximum(end - 2, 0), 2))
-    fraction_digits = np.maximum(end - zone_chars - start - 20, 0)  # digits after the '.'
-    millis = np.zeros(num_rows, np.int64)
-    for k in range(3):
-        has_digit = fraction_digits > k
-        digit = data[np.where(has_digit, start + 20 + k, start)].astype(np.int64) - 48
-        millis = millis * 10 + np.where(has_digit, digit, 0)
-
-    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-    month_days = _MONTH_DAYS[np.clip(month, 1, 12)] + ((month == 2) & leap)
-    possible = ~ok | ((month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
-                      & (hour <= 23) & (minute <= 59) & (second <= 59) & (zone_hour <= 23)
-                      & (zone_minute <= 59))
-    seconds = (_days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second
-               - zone_sign * (zone_hour * 3_600 + zone_minute * 60))
-    return np.where(ok & possible, seconds * 1000 + millis, 0), ok, possible
-
-
-_MONTH_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)
-
-
-def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
-    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm, years ≥ 0)."""
-    year = year - (month <= 2)
-    era = year // 400
-    year_of_era = year - era * 400
-    day_of_year = (153 * np.where(month > 2, month - 3, month + 9) + 2) // 5 + day - 1
-    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
-    return era * 146_097 + day_of_era - 719_468
 
 
 # ---------------------------------------------------------------- message assembly

@@ -13,6 +13,9 @@ place with `payload_error` saying why, prefixed by where it came from: "line 17:
 A `payload_error` the source already carries (a table read before) is kept; `ts_ms` and
 `triangle_key` are derived afresh. Python `[]` is an empty batch. A source that cannot be read at
 all raises `ProofSourceError`.
+
+This module finds and reads the sources; `stepbatch.ndjson` frames NDJSON into line-numbered rows
+and `stepbatch.proof_table` turns the pieces read into PROOF_SCHEMA tables.
 """
 
 from __future__ import annotations
@@ -26,15 +29,12 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.ipc as ipc
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from stepbatch import ndjson
-from stepbatch.fields import FIELD_ORDER, Column, check_fields, coerce_arrow, coerce_json, \
-    describe_json
-from stepbatch.schema import API_KEYS, PROOF_COLUMNS, PROOF_SCHEMA, SIGNED_FIELDS
+from stepbatch import ndjson, proof_table
+from stepbatch.fields import describe_json
+from stepbatch.schema import API_KEYS, PROOF_SCHEMA, SIGNED_FIELDS
 
 
 class ProofSourceError(ValueError):
@@ -52,7 +52,7 @@ def read_proofs(source) -> pa.Table:
     if isinstance(source, list) and not source:
         return PROOF_SCHEMA.empty_table()
     tables = [chunk.table for chunk in iter_proofs(source, batch_size=None)]
-    return _concat(tables) if tables else PROOF_SCHEMA.empty_table()
+    return proof_table.concat(tables) if tables else PROOF_SCHEMA.empty_table()
 
 
 def iter_proofs(sources, batch_size: int | None = 10_000, skip_rows: int = 0
@@ -155,9 +155,9 @@ def _read(item: _Input, batch_rows: int | None, skip: int, named: bool) -> Itera
     try:
         for raw, numbers in _READERS[item.kind](item, batch_rows, skip):
             parts = raw.parts if isinstance(raw, ndjson.Group) else [raw]
-            parsed = _merge([_from_objects(part) if isinstance(part, list) else _from_arrow(part)
-                             for part in parts])
-            yield _finish(parsed, numbers, where)
+            parsed = proof_table.merge([proof_table.from_objects(part) if isinstance(part, list)
+                                        else proof_table.from_arrow(part) for part in parts])
+            yield proof_table.finish(parsed, numbers, where)
     except (pa.ArrowException, OSError) as err:
         raise ProofSourceError(f"{item.name}: cannot read {item.kind}: {_one_line(err)}") from err
 
@@ -236,33 +236,26 @@ def _rechunk(tables: Iterable[pa.Table], size: int | None) -> Iterator[pa.Table]
         pending.append(table)
         count += len(table)
         while count >= size:
-            whole = _concat(pending)
+            whole = proof_table.concat(pending)
             yield whole.slice(0, size)
             pending, count = [whole.slice(size)], count - size
     if count:
-        yield _concat(pending)
+        yield proof_table.concat(pending)
 
 
 # ---------------------------------------------------------------- NDJSON
 
-# Read sizes for stepbatch.ndjson, looked up per source so that tests can shrink them.
-_BLOCK_BYTES = 4 << 20
-_GROUP_ROWS = 65_536
-_RUN_ROWS = 256
+# Explicit types make pyarrow refuse a string or a boolean where a number belongs (and the other
+# way round), so a block it accepts needs no per-value type check.
 _NDJSON_SCHEMA = pa.schema(
     [pa.field(name, PROOF_SCHEMA.field(name).type) for name in (*SIGNED_FIELDS, "signature")]
     + [pa.field("received_at", pa.string()),
        pa.field("payload", pa.struct([pa.field(API_KEYS[f], PROOF_SCHEMA.field(f).type)
                                       for f in SIGNED_FIELDS]))])
-# Explicit types make pyarrow refuse a string or a boolean where a number belongs (and the other
-# way round), so a block it accepts needs no per-value type check.
-_PARSE = pajson.ParseOptions(explicit_schema=_NDJSON_SCHEMA, unexpected_field_behavior="infer")
-_READ = pajson.ReadOptions(block_size=1 << 20)
 
 
 def _read_ndjson(item: _Input, batch_rows: int | None, skip: int):
-    reader = ndjson.Reader(fast=_fast, concat=_concat, block_bytes=_BLOCK_BYTES,
-                           run_rows=_RUN_ROWS, group_rows=_GROUP_ROWS)
+    reader = ndjson.Reader(_NDJSON_SCHEMA, proof_table.concat)
     with item.open() as handle:
         for group, numbers in reader.groups(handle, skip):
             item.rows_skipped = reader.rows_skipped
@@ -270,189 +263,8 @@ def _read_ndjson(item: _Input, batch_rows: int | None, skip: int):
     item.rows_skipped = reader.rows_skipped
 
 
-def _fast(data: bytes) -> pa.Table | None:
-    """pyarrow's reading of `data` (in sub-blocks on all cores), or None when it refuses it."""
-    try:
-        return pajson.read_json(pa.BufferReader(data), read_options=_READ, parse_options=_PARSE)
-    except pa.ArrowInvalid:
-        return None
-
-
 _READERS = {"table": _read_rows, "records": _read_rows, "json": _read_rows,
             "ndjson": _read_ndjson, "parquet": _read_parquet, "ipc": _read_ipc}
-
-
-# ---------------------------------------------------------------- rows to PROOF_SCHEMA
-
-class _Parsed(NamedTuple):
-    columns: dict[str, Column]
-    row_error: pa.Array | None  # a problem with the whole row, before any field rule
-    prior_error: pa.Array | None  # the source's own payload_error column
-    extras: list[tuple[pa.Field, pa.Array | pa.ChunkedArray]]
-
-
-def _from_arrow(raw: pa.Table) -> _Parsed:
-    """A flat table, an API-shape one (a struct column `payload`) or, as NDJSON gives it, a mix
-    row by row: a row with a payload takes its signed fields from it."""
-    num_rows, names = raw.num_rows, raw.column_names
-
-    def column(name):
-        return raw.column(names.index(name)) if name in names else None
-
-    payload = column("payload")
-    payload = payload if payload is not None and pa.types.is_struct(payload.type) else None
-    api_rows = 0 if payload is None else num_rows - payload.null_count
-    columns = {field: coerce_arrow(field, column(field), num_rows)
-               for field in FIELD_ORDER if api_rows < num_rows or field not in SIGNED_FIELDS}
-    if api_rows:
-        payload = payload.combine_chunks()
-        keys = {payload.type.field(i).name for i in range(payload.type.num_fields)}
-        for field in SIGNED_FIELDS:
-            key = API_KEYS[field]
-            api = coerce_arrow(field, pc.struct_field(payload, key) if key in keys else None,
-                               num_rows)
-            columns[field] = api if api_rows == num_rows else \
-                _choose(payload.is_valid(), api, columns[field])
-    prior = column("payload_error")
-    prior = prior.combine_chunks().cast(pa.string()) if prior is not None and (
-        pa.types.is_string(prior.type) or pa.types.is_large_string(prior.type)) else None
-    consumed = set(PROOF_COLUMNS) | ({"payload"} if payload is not None else set())
-    extras = [(raw.schema.field(i), raw.column(i)) for i, name in enumerate(names)
-              if name not in consumed]
-    return _Parsed(columns, None, prior, extras)
-
-
-def _choose(mask: pa.Array, when_true: Column, when_false: Column) -> Column:
-    values = pc.if_else(mask, when_true.values, when_false.values)
-    if when_true.type_error is None and when_false.type_error is None:
-        return Column(values)
-    nulls = pa.nulls(len(mask), pa.string())
-    return Column(values, pc.if_else(mask, when_true.type_error or nulls,
-                                     when_false.type_error or nulls))
-
-
-_SOURCE_COLUMNS = PROOF_COLUMNS.index("ts_ms")  # the columns before it are taken from the source
-_NOTHING: dict = {}
-_TOP_LEVEL = frozenset({"payload", "signature", "received_at", *PROOF_COLUMNS})
-
-
-def _from_objects(objects: list) -> _Parsed:
-    """Parsed JSON values: dicts of either shape; anything else is a row error."""
-    sources, is_api, row_errors = [], [], []
-    for obj in objects:
-        error, source, api = None, _NOTHING, False
-        if isinstance(obj, ndjson.BadLine):
-            error = obj.message
-        elif not isinstance(obj, dict):
-            error = f"expected a JSON object, got {describe_json(obj)}"
-        elif obj.get("payload") is None:
-            source = obj
-        elif isinstance(obj["payload"], dict):
-            source, api = obj["payload"], True
-        else:
-            error = f"payload: expected a JSON object, got {describe_json(obj['payload'])}"
-        sources.append(source), is_api.append(api), row_errors.append(error)
-    tops = [obj if isinstance(obj, dict) else _NOTHING for obj in objects]
-    columns = {}
-    for field in FIELD_ORDER:
-        api_key = API_KEYS.get(field)
-        values = [s.get(api_key) if api else s.get(field) for s, api in zip(sources, is_api)] \
-            if api_key else [top.get(field) for top in tops]
-        columns[field] = coerce_json(field, values)
-    prior = [top.get("payload_error") for top in tops]
-    prior_error = pa.array([p if isinstance(p, str) else None for p in prior], pa.string()) \
-        if any(p is not None for p in prior) else None
-    # Key order of first appearance; one pass over the few distinct key tuples, not every key.
-    extra_names = [key for key in dict.fromkeys(key for keys in dict.fromkeys(map(tuple, tops))
-                                                for key in keys) if key not in _TOP_LEVEL]
-    extras = [(pa.field(name, array.type), array) for name in extra_names
-              for array in [_extra_column([top.get(name) for top in tops])]]
-    return _Parsed(columns, pa.array(row_errors, pa.string()) if any(row_errors) else None,
-                   prior_error, extras)
-
-
-def _extra_column(values: list) -> pa.Array:
-    try:
-        return pa.array(values)
-    except (pa.ArrowException, TypeError, ValueError, OverflowError):
-        return _json_text(values)
-
-
-def _json_text(values: list) -> pa.Array:
-    """Values of mixed JSON types have no one Arrow type: such a column is kept as JSON text."""
-    return pa.array([None if v is None else json.dumps(v, default=str) for v in values],
-                    pa.string())
-
-
-def _merge(parts: list[_Parsed]) -> _Parsed:
-    """One _Parsed of consecutive parts of a source."""
-    if len(parts) == 1:
-        return parts[0]
-    sizes = [len(part.columns["version"].values) for part in parts]
-
-    def joined(arrays: list) -> pa.ChunkedArray | None:
-        if all(array is None for array in arrays):
-            return None
-        return _chunked([pa.nulls(size, pa.string()) if array is None else array
-                         for array, size in zip(arrays, sizes)])
-
-    columns = {field: Column(_chunked([part.columns[field].values for part in parts]),
-                             joined([part.columns[field].type_error for part in parts]))
-               for field in FIELD_ORDER}
-    # A row-count column keeps the length of parts without extras through the concatenation.
-    extras = _concat([pa.Table.from_arrays([pa.nulls(size)] + [array for _, array in part.extras],
-                                           schema=pa.schema([pa.field("", pa.null())]
-                                                            + [field for field, _ in part.extras]))
-                      for part, size in zip(parts, sizes)])
-    return _Parsed(columns, joined([part.row_error for part in parts]),
-                   joined([part.prior_error for part in parts]),
-                   list(zip(extras.schema, extras.columns))[1:])
-
-
-def _chunked(arrays: list) -> pa.ChunkedArray:
-    """The arrays one after another, without copying them."""
-    return pa.chunked_array([chunk for array in arrays for chunk in (
-        array.chunks if isinstance(array, pa.ChunkedArray) else [array])], type=arrays[0].type)
-
-
-def _finish(parsed: _Parsed, numbers: np.ndarray, where: str) -> pa.Table:
-    """The PROOF_SCHEMA table: checked fields, located errors, then the source's extra columns."""
-    checks = check_fields(parsed.columns, parsed.row_error)
-    error = checks.payload_error
-    if error.null_count < len(error):
-        failed = np.asarray(error.is_valid())
-        located = pc.binary_join_element_wise(
-            f"{where} ", pa.array(numbers[failed]).cast(pa.string()), ": ",
-            error.filter(pa.array(failed)), "")
-        error = pc.replace_with_mask(error, pa.array(failed), located)
-    if parsed.prior_error is not None:
-        error = pc.coalesce(parsed.prior_error, error)
-    arrays = [parsed.columns[name].values for name in PROOF_COLUMNS[:_SOURCE_COLUMNS]]
-    arrays += [checks.ts_ms, checks.triangle_key, error] + [array for _, array in parsed.extras]
-    return pa.Table.from_arrays(
-        arrays, schema=pa.schema(list(PROOF_SCHEMA) + [field for field, _ in parsed.extras]))
-
-
-def _concat(tables: list[pa.Table]) -> pa.Table:
-    if len(tables) == 1:
-        return tables[0]
-    try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except pa.ArrowException:
-        kinds: dict[str, set] = {}
-        for field in (f for table in tables for f in table.schema if f.name not in PROOF_COLUMNS):
-            kinds.setdefault(field.name, set()).add(field.type)
-        mixed = {name for name, types in kinds.items() if len(types - {pa.null()}) > 1}
-        return pa.concat_tables(
-            [_texts(table, mixed) for table in tables], promote_options="permissive")
-
-
-def _texts(table: pa.Table, names: set[str]) -> pa.Table:
-    for i, name in enumerate(table.column_names):
-        if name in names:
-            table = table.set_column(i, pa.field(name, pa.string()),
-                                     _json_text(table.column(i).to_pylist()))
-    return table
 
 
 def _one_line(err: Exception) -> str:

@@ -2,10 +2,10 @@
 
 A file is read in blocks of whole lines. Each block's lines are located with NumPy (no Python loop
 over lines that are plain `{…}` objects); blank lines are counted but are not rows. The rows of a
-block go to a fast parser (ingest's pyarrow reader with its explicit schema) and, where it refuses,
-to `json.loads` line by line, so one bad line costs one run of `json.loads`, not a block. What the
-rows mean is ingest's business: this module yields pyarrow tables and lists of JSON values (a line
-that is not JSON is a `BadLine`), each with the numbers of the lines it covers.
+block go to pyarrow's JSON reader, with the explicit schema the caller gives, and, where it
+refuses, to `json.loads` line by line, so one bad line costs one run of `json.loads`, not a block.
+What the rows mean is ingest's business: this module yields pyarrow tables and lists of JSON values
+(a line that is not JSON is a `BadLine`), each with the numbers of the lines it covers.
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ from typing import BinaryIO, Callable, Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.json as pajson
 
+# Read sizes, looked up as a Reader goes so that tests can shrink them.
+BLOCK_BYTES = 4 << 20  # read from the file at a time, then cut back to whole lines
+PYARROW_BLOCK_BYTES = 1 << 20  # pyarrow parses a span in sub-blocks of this size on all cores
+RUN_ROWS = 256  # lines per retry of a span pyarrow refused
+GROUP_ROWS = 65_536  # rows gathered before a group is handed on
 _DECODER = json.JSONDecoder()
 
 
@@ -45,21 +51,23 @@ class Lines(NamedTuple):
 class Reader:
     """Reads one NDJSON stream; `rows_skipped` says how many rows `skip` has passed over so far.
 
-    `fast(data)` parses a span of plain lines into a table or returns None when it refuses it;
-    `concat(tables)` joins the tables of consecutive pieces.
+    `schema` types the columns pyarrow reads (other keys are inferred); `concat(tables)` joins the
+    tables of consecutive pieces.
     """
 
-    fast: Callable[[bytes], pa.Table | None]
+    schema: pa.Schema
     concat: Callable[[list], pa.Table]
-    block_bytes: int = 4 << 20
-    run_rows: int = 256
-    group_rows: int = 65_536
     rows_skipped: int = 0
+
+    def __post_init__(self):
+        self._parse = pajson.ParseOptions(explicit_schema=self.schema,
+                                          unexpected_field_behavior="infer")
+        self._read = pajson.ReadOptions(block_size=PYARROW_BLOCK_BYTES)
 
     def groups(self, handle: BinaryIO, skip: int = 0) -> Iterator[tuple[Group, np.ndarray]]:
         """(Group, line numbers of its rows) after the first `skip` rows.
 
-        Pieces are gathered into groups of about `group_rows` rows, so that the field checks run
+        Pieces are gathered into groups of about GROUP_ROWS rows, so that the field checks run
         over long columns however finely a block with bad lines was cut up."""
         parts: list = []
         numbers: list[np.ndarray] = []
@@ -70,7 +78,7 @@ class Reader:
             else:
                 parts.append(raw)
             numbers.append(line_numbers)
-            if sum(map(len, numbers)) >= self.group_rows:
+            if sum(map(len, numbers)) >= GROUP_ROWS:
                 yield Group(parts), np.concatenate(numbers)
                 parts, numbers = [], []
         if parts:
@@ -91,7 +99,7 @@ class Reader:
         """(block of whole lines, number of its first line), one block at a time."""
         line, carry = 1, b""
         while True:
-            data = handle.read(self.block_bytes)
+            data = handle.read(BLOCK_BYTES)
             if line == 1 and not carry:
                 data = data.removeprefix(b"\xef\xbb\xbf")
             if not data:
@@ -110,22 +118,26 @@ class Reader:
 
         pyarrow also accepts two objects on one line and one object over two lines, so its rows are
         taken as the lines' rows only where every line is plain and the counts agree. A part it
-        refuses is retried in runs of `run_rows` lines, and a run refused again is read line by line.
+        refuses is retried in runs of RUN_ROWS lines, and a run refused again is read line by line.
         """
         whole = self._fast_rows(block, lines)
         if whole is not None:
             yield whole, lines.numbers
             return
-        for i in range(0, len(lines.starts), self.run_rows):
-            run = lines.rows(slice(i, i + self.run_rows))
+        for i in range(0, len(lines.starts), RUN_ROWS):
+            run = lines.rows(slice(i, i + RUN_ROWS))
             table = self._fast_rows(block, run)
             yield (table if table is not None else exact_values(block, run)), run.numbers
 
     def _fast_rows(self, block: bytes, lines: Lines) -> pa.Table | None:
         if not lines.plain.all():
             return None
-        table = self.fast(block[lines.starts[0]:lines.ends[-1]])
-        return table if table is not None and table.num_rows == len(lines.starts) else None
+        try:
+            table = pajson.read_json(pa.BufferReader(block[lines.starts[0]:lines.ends[-1]]),
+                                     read_options=self._read, parse_options=self._parse)
+        except pa.ArrowInvalid:
+            return None
+        return table if table.num_rows == len(lines.starts) else None
 
 
 def line_spans(block: bytes, first_line: int) -> Lines:

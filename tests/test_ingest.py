@@ -13,13 +13,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.ipc as ipc
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepbatch import ingest, mesh
+from stepbatch import mesh, ndjson
 from stepbatch.ingest import ProofSourceError, iter_proofs, read_proofs
 from stepbatch.schema import API_KEYS, PROOF_COLUMNS, PROOF_SCHEMA, SIGNED_FIELDS
 from tests.strategies import latitudes, longitudes
@@ -166,9 +165,9 @@ BAD_LINES = {  # line number → (line text, message after "line N: ")
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks of a few KB, so a test file spans many blocks and pyarrow sub-blocks."""
-    monkeypatch.setattr(ingest, "_BLOCK_BYTES", 16_384)
-    monkeypatch.setattr(ingest, "_READ", pajson.ReadOptions(block_size=4096))
-    monkeypatch.setattr(ingest, "_RUN_ROWS", 16)
+    monkeypatch.setattr(ndjson, "BLOCK_BYTES", 16_384)
+    monkeypatch.setattr(ndjson, "PYARROW_BLOCK_BYTES", 4096)
+    monkeypatch.setattr(ndjson, "RUN_ROWS", 16)
 
 
 def test_each_bad_ndjson_line_is_one_row_naming_its_line_and_the_rest_is_unaffected(
@@ -275,9 +274,9 @@ def test_the_pyarrow_fast_path_reads_exactly_what_json_loads_reads(cases):
         lines.append(corruption[1] if corruption and corruption[0] == "line"
                      else api(row) if api_shape else row)
     data = _ndjson_bytes(lines)
-    with mock.patch.object(ingest, "_RUN_ROWS", 4):  # runs pyarrow accepts between refused ones
+    with mock.patch.object(ndjson, "RUN_ROWS", 4):  # runs pyarrow accepts between refused ones
         fast = read_proofs(data)
-        with mock.patch.object(ingest, "_fast", lambda block: None):
+        with mock.patch.object(ndjson.Reader, "_fast_rows", lambda self, block, lines: None):
             exact = read_proofs(data)
     assert fast.equals(exact)
 
