@@ -14,15 +14,13 @@ Each figure is the best of --repeats runs; min-max is printed beside it.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import os
 import time
 
 import numpy as np
 import pyarrow as pa
-from coincurve import PublicKey
 
-from stepbatch import crypto
+from stepbatch import crypto, secp256k1
 
 _BASE32 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", dtype=np.uint8)
 
@@ -66,19 +64,6 @@ def sign_table(table: pa.Table, private_keys: np.ndarray, threads: int) -> pa.Ta
     return table.append_column("signature", signatures)
 
 
-def ceiling_run(digests: list[bytes], signatures: list[bytes], threads: int) -> float:
-    """Seconds for bare coincurve to recover every signature, one contiguous chunk per thread."""
-    def recover_chunk(bounds: tuple[int, int]) -> None:
-        for i in range(*bounds):
-            PublicKey.from_signature_and_message(signatures[i], digests[i], hasher=None)
-
-    edges = np.linspace(0, len(digests), threads + 1).astype(int)
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        start = time.perf_counter()
-        list(pool.map(recover_chunk, zip(edges[:-1], edges[1:])))
-        return time.perf_counter() - start
-
-
 def best_of(repeats: int, run) -> tuple[float, float]:
     seconds = [run() for _ in range(repeats)]
     return min(seconds), max(seconds)
@@ -103,7 +88,7 @@ def main() -> None:
     sig65 = crypto.parse_signatures(table.column("signature")).sig65
     digest_list = [row.tobytes() for row in digests]
     signature_list = [row.tobytes() for row in sig65]
-    ceiling = best_of(args.repeats, lambda: ceiling_run(digest_list, signature_list, threads))
+    ceiling = best_of(args.repeats, lambda: secp256k1.ceiling_seconds(digest_list, signature_list, threads))
 
     with crypto.SignatureRecoverer(threads) as recoverer:
         if not crypto.signatures_match(table, recoverer).all():

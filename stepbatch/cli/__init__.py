@@ -34,14 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mongodb-uri", default=None,
                         help="MongoDB URI (default: $MONGODB_URI, else the embedded SecantusDB server)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in COMMANDS.items():
-        try:
-            mod = importlib.import_module(f"stepbatch.cli.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"stepbatch.cli.{module}":
-                raise
-            continue
-        mod.register(subparsers)
+    for module in COMMANDS.values():
+        importlib.import_module(f"stepbatch.cli.{module}").register(subparsers)
     return parser
 
 
