@@ -12,23 +12,14 @@ import numpy as np
 
 from kernels.geo import haversine_m
 from kernels.jit import kernel
+from stepbatch.codes import MAX_LEVEL, Code, TriangleState
 
-# Code values (stepbatch.codes.Code); the kernel cannot import the enum.
-ACCEPTED = 0
-NONCE_REPLAY = 6
-TRIANGLE_NOT_FOUND = 7
-TRIANGLE_NOT_ACTIVE = 8
-OUT_OF_BOUNDS = 9
-TOO_FAST = 10
-MORATORIUM = 11
-
-# Triangle states (stepbatch.codes.TriangleState).
-MISSING = -1
-ACTIVE = 0
-SUBDIVIDED = 1
-EXHAUSTED = 2
-
-MAX_LEVEL = 21
+# Numba freezes IntEnum members into the compiled code as integer constants.
+ACCEPTED, NONCE_REPLAY, MORATORIUM = Code.ACCEPTED, Code.NONCE_REPLAY, Code.MORATORIUM
+TRIANGLE_NOT_FOUND, TRIANGLE_NOT_ACTIVE = Code.TRIANGLE_NOT_FOUND, Code.TRIANGLE_NOT_ACTIVE
+OUT_OF_BOUNDS, TOO_FAST = Code.OUT_OF_BOUNDS, Code.TOO_FAST
+MISSING, ACTIVE = TriangleState.MISSING, TriangleState.ACTIVE
+SUBDIVIDED, EXHAUSTED = TriangleState.SUBDIVIDED, TriangleState.EXHAUSTED
 
 
 @kernel

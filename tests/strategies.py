@@ -159,3 +159,12 @@ gen_configs = st.fixed_dictionaries({
     "radius_m": st.sampled_from([60.0, 400.0, 1_500.0]),
     "attack_share": st.sampled_from([0.0, 0.2, 0.5, 0.9]),
 })
+
+
+def random_triangles(rng, count, levels=range(1, 22)):
+    """`count` (face, level, path) tuples drawn from a NumPy generator, for bulk kernel checks."""
+    out = []
+    for _ in range(count):
+        level = int(rng.choice(list(levels)))
+        out.append((int(rng.integers(20)), level, tuple(int(d) for d in rng.integers(0, 4, level - 1))))
+    return out

@@ -14,15 +14,8 @@ from hypothesis import strategies as st
 from kernels import geo as kgeo
 from kernels import mesh as kmesh
 from tests import naive_mesh as naive
-from tests.strategies import interior_weights, latitudes, longitudes, mesh_triangles
-
-
-def random_triangles(rng, count, levels=range(1, 22)):
-    out = []
-    for _ in range(count):
-        level = int(rng.choice(list(levels)))
-        out.append((int(rng.integers(20)), level, tuple(int(d) for d in rng.integers(0, 4, level - 1))))
-    return out
+from tests.strategies import (interior_weights, latitudes, longitudes, mesh_triangles,
+                              random_triangles)
 
 
 def random_unit_vectors(rng, count):

@@ -12,15 +12,7 @@ from kernels import mesh_ids as kids
 from stepbatch import mesh, mesh_ids
 from tests import naive_mesh as naive
 from tests.conftest import load_vectors
-from tests.strategies import mesh_triangles
-
-
-def random_triangles(rng, count, levels=range(1, 22)):
-    out = []
-    for _ in range(count):
-        level = int(rng.choice(list(levels)))
-        out.append((int(rng.integers(20)), level, tuple(int(d) for d in rng.integers(0, 4, level - 1))))
-    return out
+from tests.strategies import mesh_triangles, random_triangles
 
 
 def test_stepbatch_mesh_re_exports_the_id_codec():

@@ -215,20 +215,8 @@ class MongoStore:
         db = self.db
         # The batch record goes first: a concurrent commit of the same batch id fails at once.
         db.batches.insert_one(plan.batch, session=session)
-        if plan.triangle_updates:
-            result = db.triangles.bulk_write([UpdateOne(*op) for op in plan.triangle_updates],
-                                             ordered=False, session=session)
-            if result.matched_count != len(plan.triangle_updates):
-                raise StaleStateError(
-                    f"{len(plan.triangle_updates) - result.matched_count} of the batch's triangles "
-                    f"changed since its state was loaded")
-        if plan.account_updates:
-            result = db.accounts.bulk_write([UpdateOne(*op) for op in plan.account_updates],
-                                            ordered=False, session=session)
-            if result.matched_count != len(plan.account_updates):
-                raise StaleStateError(
-                    f"{len(plan.account_updates) - result.matched_count} of the batch's accounts "
-                    f"changed since its state was loaded")
+        _guarded_updates(db.triangles, plan.triangle_updates, "triangles", session)
+        _guarded_updates(db.accounts, plan.account_updates, "accounts", session)
         if plan.account_inserts:
             db.accounts.insert_many(plan.account_inserts, ordered=False, session=session)
         if plan.triangle_inserts:
@@ -256,6 +244,17 @@ class MongoStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _guarded_updates(collection, updates: list, what: str, session) -> None:
+    """Apply (filter, update) pairs whose filters hold the state the batch was validated against;
+    any that no longer matches means another writer moved it."""
+    if not updates:
+        return
+    result = collection.bulk_write([UpdateOne(*op) for op in updates], ordered=False, session=session)
+    if result.matched_count != len(updates):
+        raise StaleStateError(f"{len(updates) - result.matched_count} of the batch's {what} changed "
+                              f"since its state was loaded")
 
 
 def ensure_schema(db) -> bool:
