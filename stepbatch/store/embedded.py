@@ -239,10 +239,13 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def _die_with_parent_preexec():
-    """On Linux, make the server receive SIGTERM if we die without running atexit (SIGKILL, crash).
+    """On Linux, make the server die with us if we die without running atexit (SIGKILL, crash).
 
-    The kernel ties this to the *thread* that forked, so it is set only when starting from the main
-    thread: a server started from a worker thread would otherwise stop when that thread ends.
+    The signal is SIGKILL: SecantusDB's graceful SIGTERM shutdown was seen to hang on a loaded
+    machine once its client had vanished, and WiredTiger's log already makes a killed server lose
+    no committed transaction. The kernel ties this to the *thread* that forked, so it is set only
+    when starting from the main thread: a server started from a worker thread would otherwise stop
+    when that thread ends.
     """
     if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
         return None
@@ -253,6 +256,6 @@ def _die_with_parent_preexec():
     prctl = libc.prctl
 
     def set_parent_death_signal():
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
     return set_parent_death_signal
