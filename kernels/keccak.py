@@ -111,6 +111,13 @@ def _keccak256_into(message, state, parity, shuffled, tail, out_row):
             out_row[8 * lane + b] = np.uint8((word >> np.uint64(8 * b)) & np.uint64(0xFF))
 
 
+@kernel
+def _scratch():
+    """Per-thread working buffers of the sponge: state, column parity, permuted lanes, last block."""
+    return (np.zeros(25, dtype=np.uint64), np.zeros(5, dtype=np.uint64),
+            np.zeros(25, dtype=np.uint64), np.zeros(RATE_BYTES, dtype=np.uint8))
+
+
 @parallel_kernel
 def keccak256_ragged(data, offsets, chunk_bounds, out):
     """Row i of `out` (n, 32) := keccak256(data[offsets[i]:offsets[i+1]]).
@@ -118,10 +125,7 @@ def keccak256_ragged(data, offsets, chunk_bounds, out):
     `chunk_bounds` (k+1, int64) splits the rows into k contiguous chunks, one prange iteration each.
     """
     for chunk in prange(chunk_bounds.shape[0] - 1):
-        state = np.zeros(25, dtype=np.uint64)
-        parity = np.zeros(5, dtype=np.uint64)
-        shuffled = np.zeros(25, dtype=np.uint64)
-        tail = np.zeros(RATE_BYTES, dtype=np.uint8)
+        state, parity, shuffled, tail = _scratch()
         for row in range(chunk_bounds[chunk], chunk_bounds[chunk + 1]):
             _keccak256_into(data[offsets[row]:offsets[row + 1]], state, parity, shuffled, tail,
                             out[row])
@@ -131,9 +135,6 @@ def keccak256_ragged(data, offsets, chunk_bounds, out):
 def keccak256_fixed(rows, chunk_bounds, out):
     """Row i of `out` (n, 32) := keccak256(rows[i]) for a 2-D uint8 array of equal-width rows."""
     for chunk in prange(chunk_bounds.shape[0] - 1):
-        state = np.zeros(25, dtype=np.uint64)
-        parity = np.zeros(5, dtype=np.uint64)
-        shuffled = np.zeros(25, dtype=np.uint64)
-        tail = np.zeros(RATE_BYTES, dtype=np.uint8)
+        state, parity, shuffled, tail = _scratch()
         for row in range(chunk_bounds[chunk], chunk_bounds[chunk + 1]):
             _keccak256_into(rows[row], state, parity, shuffled, tail, out[row])
