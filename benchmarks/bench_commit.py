@@ -1,7 +1,7 @@
 """MongoDB store throughput: `MongoStore.commit` against the raw bulk-write rate of the same server, and
 seeding time per mesh level.
 
-(a) commit: realistic signed traffic (`stepbatch.gen`, honest walkers and attacks) in batches; each
+(a) commit: realistic signed traffic (`stepbatch.tools.gen`, honest walkers and attacks) in batches; each
     batch is validated against the store (untimed), then committed with `store.commit` (timed: plan
     building, guards, one transaction). Right after, the identical documents are written into a
     second database with plain insert_many / bulk_write by `_id` in one transaction, without guards
@@ -25,12 +25,13 @@ import time
 import pymongo
 from pymongo import UpdateOne
 
-from stepbatch import Validator, gen
+from stepbatch import Validator
 from stepbatch.config import Config
-from stepbatch.seed import seed_mesh
 from stepbatch.store import documents
 from stepbatch.store.embedded import EmbeddedServer
 from stepbatch.store.mongo import MongoStore
+from stepbatch.store.seed import seed_mesh
+from stepbatch.tools import gen
 
 
 def raw_write(db, plan: documents.CommitPlan, client) -> None:

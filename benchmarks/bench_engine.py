@@ -1,12 +1,12 @@
 """Batch engine throughput against the libsecp256k1 ceiling, measured in one run on the same cores.
 
-(a) ceiling: stepbatch.secp256k1.ceiling_seconds (bare coincurve recovery, one thread per core) over the
+(a) ceiling: stepbatch.crypto.secp256k1.ceiling_seconds (bare coincurve recovery, one thread per core) over the
     signatures of the batch that parse;
 (b) `Validator.validate` (read_proofs → stateless checks → resolve → verdicts, no writes) of one
     realistic `gen.generate` batch against a MemoryStore seeded with its triangles; ratio b/a compares
     proofs validated per second with signatures recovered per second;
-(c) the resolver alone: `kernels.resolve.resolve_rows` over the batch with its state already loaded and
-    its keys factorized, and the whole `stepbatch.resolve.resolve` stage beside it;
+(c) the resolver alone: `stepbatch.resolve.run_resolver` over the batch with its state already loaded and
+    its keys factorized, and the whole stage (index_batch + load_state + run_resolver) beside it;
 (d) per-batch latency, p50 and p99 of `validate` over consecutive 100-, 1,000- and 10,000-proof batches.
 
 Each figure is the best of --repeats runs, min-max beside it; the load average is printed before and after.
@@ -22,25 +22,23 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-
 from bench_signatures import best_of
-from kernels.resolve import resolve_rows
-from stepbatch import crypto, gen, mesh, secp256k1
-from stepbatch.codes import REWARD_MICRO
+
+from stepbatch.checks import stateless_checks
 from stepbatch.config import Config
+from stepbatch.crypto import eip191, hexcodec, recovery, secp256k1
 from stepbatch.ingest import read_proofs
-from stepbatch.resolve import index_batch, resolve
-from stepbatch.stateless import stateless_checks
+from stepbatch.resolve import index_batch, run_resolver
 from stepbatch.store.memory import MemoryStore
+from stepbatch.tools import gen
 from stepbatch.validator import Validator
 
 LATENCY_BATCHES = {100: 200, 1_000: 60, 10_000: 10}  # batch rows → batches timed
 
 
 def bench_ceiling(proofs: pa.Table, threads: int, repeats: int) -> tuple[int, tuple[float, float]]:
-    parsed = crypto.parse_signatures(proofs.column("signature"))
-    digests = crypto.eip191_digests(crypto.canonical_messages(proofs))[parsed.valid]
+    parsed = hexcodec.parse_signatures(proofs.column("signature"))
+    digests = eip191.eip191_digests(eip191.canonical_messages(proofs))[parsed.valid]
     digest_list = [row.tobytes() for row in digests]
     signature_list = [row.tobytes() for row in parsed.sig65[parsed.valid]]
     return len(digest_list), best_of(repeats, lambda: secp256k1.ceiling_seconds(digest_list, signature_list, threads))
@@ -65,36 +63,20 @@ def bench_resolver(traffic: gen.Traffic, config: Config, repeats: int
     """(kernel seconds min-max, whole resolve stage seconds min-max)."""
     store = MemoryStore(traffic.triangles)
     proofs = read_proofs(traffic.proofs)
-    with crypto.SignatureRecoverer(config.threads) as recoverer:
+    with recovery.SignatureRecoverer(config.threads) as recoverer:
         stateless = stateless_checks(proofs, config, None, recoverer)
     index = index_batch(proofs, stateless.code == 0)
     prior = store.load_state(index.keys)
-    children = mesh.child_keys(index.triangle_keys)
-    position = np.minimum(np.searchsorted(index.triangle_keys, children), len(index.triangle_keys) - 1)
-    triangle_children = np.where(index.triangle_keys[position] == children, position, -1).astype(np.int64)
-    n = proofs.num_rows
-    columns = (np.asarray(pc.fill_null(proofs.column("lat"), 0.0), np.float64),
-               np.asarray(pc.fill_null(proofs.column("lon"), 0.0), np.float64),
-               np.asarray(pc.fill_null(proofs.column("ts_ms"), 0), np.int64))
-    levels = mesh.key_levels(index.triangle_keys)
-    rewards = np.asarray(REWARD_MICRO, np.int64)
 
     def kernel_run() -> float:
-        final = prior.copy()
-        out = [np.zeros(n, t) for t in (np.uint8, np.int64, np.int64, np.float64, np.int64, np.bool_)]
         started = time.perf_counter()
-        resolve_rows(stateless.code, stateless.out_of_bounds, index.row_account, index.row_pair,
-                     index.row_triangle, *columns, levels, triangle_children, rewards,
-                     final.account_balance_micro, final.account_proof_count, final.account_has_last,
-                     final.account_last_lat, final.account_last_lon, final.account_last_ts_ms,
-                     final.triangle_state, final.triangle_clicks, final.nonce_used,
-                     float(config.speed_limit_mps), int(config.moratorium_ms), int(config.subdivide_at_clicks),
-                     *out)
+        run_resolver(proofs, stateless, index, prior, config)
         return time.perf_counter() - started
 
     def stage_run() -> float:
         started = time.perf_counter()
-        resolve(proofs, stateless.code, stateless.out_of_bounds, store, config)
+        stage_index = index_batch(proofs, stateless.code == 0)
+        run_resolver(proofs, stateless, stage_index, store.load_state(stage_index.keys), config)
         return time.perf_counter() - started
 
     kernel_run()

@@ -23,7 +23,8 @@ import time
 import numba
 import numpy as np
 
-from stepbatch import mesh
+from stepbatch.mesh import ids as mesh_ids
+from stepbatch.mesh import keys as mesh_keys
 
 _COLD_START = """
 import time
@@ -31,9 +32,9 @@ start = time.perf_counter()
 import numpy as np
 from stepbatch import mesh
 imported = time.perf_counter()
-keys = mesh.triangle_at_keys(np.array([47.5]), np.array([19.0]), 21)
-mesh.contains_keys(keys, np.array([47.5]), np.array([19.0]))
-mesh.decode_ids(mesh.encode_keys(keys))
+keys = mesh_keys.triangle_at_keys(np.array([47.5]), np.array([19.0]), 21)
+mesh_keys.contains_keys(keys, np.array([47.5]), np.array([19.0]))
+mesh_ids.decode_ids(mesh_ids.encode_keys(keys))
 print(f"import {imported - start:.2f} s, first calls {time.perf_counter() - imported:.2f} s")
 """
 
@@ -50,7 +51,7 @@ def claimed_proofs(n: int, triangles: int, rng: np.random.Generator):
     home = cities[rng.integers(0, len(cities), triangles)]
     lat_deg = home[:, 0] + rng.normal(0, 0.02, triangles)
     lon_deg = home[:, 1] + rng.normal(0, 0.02, triangles)
-    keys = mesh.triangle_at_keys(lat_deg, lon_deg, 21)
+    keys = mesh_keys.triangle_at_keys(lat_deg, lon_deg, 21)
     claim = rng.integers(0, triangles, n)
     jitter_deg = rng.normal(0, 5e-6, (2, n))  # ~0.5 m, well inside a level-21 triangle's ~7.6 m side
     return keys[claim], lat_deg[claim] + jitter_deg[0], lon_deg[claim] + jitter_deg[1]
@@ -87,10 +88,10 @@ def main() -> None:
 
     lat_deg, lon_deg = sphere_points(args.points, rng)
     keys, proof_lat, proof_lon = claimed_proofs(args.proofs, args.triangles, rng)
-    distinct = mesh.triangle_at_keys(*sphere_points(args.unique, rng), rng.integers(1, 22, args.unique))
-    ids = mesh.encode_keys(distinct[rng.integers(0, args.unique, args.ids)])
-    inside_share = mesh.contains_keys(keys, proof_lat, proof_lon).mean()
-    mesh.decode_ids(ids)
+    distinct = mesh_keys.triangle_at_keys(*sphere_points(args.unique, rng), rng.integers(1, 22, args.unique))
+    ids = mesh_ids.encode_keys(distinct[rng.integers(0, args.unique, args.ids)])
+    inside_share = mesh_keys.contains_keys(keys, proof_lat, proof_lon).mean()
+    mesh_ids.decode_ids(ids)
 
     all_cores = numba.config.NUMBA_NUM_THREADS
     print(f"cores: {os.cpu_count()}   numba threads: {all_cores}   layer: {numba.threading_layer()}   "
@@ -98,12 +99,12 @@ def main() -> None:
     for threads in (1, all_cores):
         numba.set_num_threads(threads)
         label = "1 thread" if threads == 1 else f"{threads} threads"
-        seconds = best_seconds(args.repeats, mesh.triangle_at_keys, lat_deg, lon_deg, 21)
+        seconds = best_seconds(args.repeats, mesh_keys.triangle_at_keys, lat_deg, lon_deg, 21)
         print(f"[{label}] triangle_at level 21        {args.points / seconds:>12,.0f} points/s")
-        seconds = best_seconds(args.repeats, mesh.contains_keys, keys, proof_lat, proof_lon)
+        seconds = best_seconds(args.repeats, mesh_keys.contains_keys, keys, proof_lat, proof_lon)
         print(f"[{label}] contains_keys               {args.proofs / seconds:>12,.0f} proofs/s   "
               f"({args.triangles:,} distinct triangles, {inside_share:.0%} inside)")
-        seconds = best_seconds(args.repeats, mesh.decode_ids, ids)
+        seconds = best_seconds(args.repeats, mesh_ids.decode_ids, ids)
         print(f"[{label}] decode_ids                  {args.ids / seconds:>12,.0f} ids/s   "
               f"({args.ids:,} ids, {args.unique:,} distinct: {seconds * 1e3:.1f} ms)")
     print(f"cold start, on-disk cache:   {cold_start(None)}")

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from stepbatch import crypto, secp256k1
+from stepbatch.crypto import eip191, hexcodec, recovery, secp256k1, signing
 
 _BASE32 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", dtype=np.uint8)
 
@@ -28,7 +28,7 @@ _BASE32 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", dtype=np.uint8)
 def realistic_proofs(n: int, accounts: int, rng: np.random.Generator) -> tuple[pa.Table, np.ndarray]:
     """(flat unsigned table, (n, 32) private key of each row): walkers around a few cities."""
     keys = rng.integers(1, 256, size=(accounts, 32), dtype=np.uint8)
-    addresses = [crypto.address_of(key.tobytes()) for key in keys]
+    addresses = [signing.address_of(key.tobytes()) for key in keys]
     walker = rng.integers(0, accounts, n)
     cities = np.array([[47.4979, 19.0402], [-33.8688, 151.2093], [40.7128, -74.006], [35.6762, 139.6503]])
     home = cities[walker % len(cities)]
@@ -59,8 +59,8 @@ def realistic_proofs(n: int, accounts: int, rng: np.random.Generator) -> tuple[p
 
 def sign_table(table: pa.Table, private_keys: np.ndarray, threads: int) -> pa.Table:
     """The table with its `signature` column: what the traffic generator does per batch."""
-    digests = crypto.eip191_digests(crypto.canonical_messages(table))
-    signatures = crypto.signatures_to_hex(crypto.sign_digests(private_keys, digests, threads))
+    digests = eip191.eip191_digests(eip191.canonical_messages(table))
+    signatures = hexcodec.signatures_to_hex(signing.sign_digests(private_keys, digests, threads))
     return table.append_column("signature", signatures)
 
 
@@ -84,16 +84,16 @@ def main() -> None:
     signing = best_of(args.repeats, lambda: _timed(sign_table, unsigned, private_keys, threads))
     table = sign_table(unsigned, private_keys, threads)
 
-    digests = crypto.eip191_digests(crypto.canonical_messages(table))
-    sig65 = crypto.parse_signatures(table.column("signature")).sig65
+    digests = eip191.eip191_digests(eip191.canonical_messages(table))
+    sig65 = hexcodec.parse_signatures(table.column("signature")).sig65
     digest_list = [row.tobytes() for row in digests]
     signature_list = [row.tobytes() for row in sig65]
     ceiling = best_of(args.repeats, lambda: secp256k1.ceiling_seconds(digest_list, signature_list, threads))
 
-    with crypto.SignatureRecoverer(threads) as recoverer:
-        if not crypto.signatures_match(table, recoverer).all():
+    with recovery.SignatureRecoverer(threads) as recoverer:
+        if not recovery.check_signers(table, recoverer).matches.all():
             raise SystemExit("stepbatch rejected a correctly signed proof")
-        pipeline = best_of(args.repeats, lambda: _timed(crypto.signatures_match, table, recoverer))
+        pipeline = best_of(args.repeats, lambda: _timed(lambda: recovery.check_signers(table, recoverer).matches))
 
     print(f"proofs: {n:,}   threads: {threads}   cores: {os.cpu_count()}   repeats: {args.repeats}")
     _report("(a) ceiling: bare coincurve recovery", n, ceiling)

@@ -14,11 +14,17 @@ import numba
 import numpy as np
 from numba import types
 from numba.typed import Dict
-
-from kernels.geo import haversine_m, in_triangle, latlon_to_xyz
-from kernels.jit import kernel, parallel_kernel
-from kernels.mesh import (INVALID_KEY, MAX_LEVEL, child_key, key_digit, key_level, key_vertices,
-                          parent_key)
+from stepbatch_kernels.geo import haversine_m, in_triangle, latlon_to_xyz
+from stepbatch_kernels.jit import kernel, parallel_kernel
+from stepbatch_kernels.mesh import (
+    INVALID_KEY,
+    MAX_LEVEL,
+    child_key,
+    key_digit,
+    key_level,
+    key_vertices,
+    parent_key,
+)
 
 # What the pass must establish for a row, by the attack kind's role.
 ROLE_HONEST = 0  # accepted: claims the deepest active triangle holding its point

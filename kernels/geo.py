@@ -1,7 +1,7 @@
 """Geometry on the unit sphere: lat/lon <-> xyz, haversine distance, and SPEC §3's point-in-triangle test.
 
 Vectors are 3-tuples of float64. Each formula is written in one fixed order of operations (and
-`kernels.jit` keeps fastmath off) because validators must agree bit for bit on a point that sits on a
+`stepbatch_kernels.jit` keeps fastmath off) because validators must agree bit for bit on a point that sits on a
 triangle edge or a speed exactly at the limit.
 """
 
@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 
 import numba
+from stepbatch_kernels.jit import kernel, parallel_kernel
 
-from kernels.jit import kernel, parallel_kernel
-
-EARTH_RADIUS_M = 6371000.0
+from stepbatch.protocol import EARTH_RADIUS_M
 
 # SPEC §3: a point within this distance (unit-sphere units, ~6.4 µm on Earth) of an edge's great circle
 # counts as on the edge.

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange
-
-from kernels.jit import parallel_kernel
+from stepbatch_kernels.jit import parallel_kernel
 
 HEX_OK = 0
 HEX_NULL = 1

@@ -3,7 +3,8 @@
 A triangle is packed into an int64 `key = (face << 45) | (level << 40) | path_bits`: face 0..19,
 level 1..21, path digit i (0-based, i < level - 1, digits 0..3) in bits [38 - 2i, 39 - 2i], first digit
 most significant, unused digits 0. Keys of one level therefore sort in face-then-path order.
-The id text of a key is parsed and spelled in `kernels.mesh_ids`.
+The id text of a key is parsed and spelled in `stepbatch_kernels.mesh_ids`. Nothing outside
+`kernels/` does arithmetic on the bits of a key.
 """
 
 from __future__ import annotations
@@ -12,13 +13,25 @@ import math
 
 import numba
 import numpy as np
+from stepbatch_kernels.geo import (
+    CAP_MARGIN_RAD,
+    cap_box_relation,
+    cross,
+    dot,
+    in_triangle,
+    inside_edge,
+    latlon_is_valid,
+    latlon_to_xyz,
+    midpoint,
+    min_oriented_s,
+    normalize,
+    passes_edge,
+    xyz_to_latlon,
+)
+from stepbatch_kernels.jit import kernel, parallel_kernel
 
-from kernels.geo import (CAP_MARGIN_RAD, cap_box_relation, cross, dot, in_triangle, inside_edge,
-                         latlon_is_valid, latlon_to_xyz, midpoint, min_oriented_s, normalize,
-                         passes_edge, xyz_to_latlon)
-from kernels.jit import kernel, parallel_kernel
+from stepbatch.protocol import MAX_LEVEL
 
-MAX_LEVEL = 21
 FACE_COUNT = 20
 INVALID_KEY = -1
 
@@ -115,6 +128,38 @@ def key_is_valid(key):
 def keys_valid(keys, out_valid):
     for i in numba.prange(keys.shape[0]):
         out_valid[i] = key_is_valid(keys[i])
+
+
+@parallel_kernel
+def levels_of_keys(keys, out_levels):
+    """out_levels[i] = level of keys[i] (1..21), 0 for an invalid key."""
+    for i in numba.prange(keys.shape[0]):
+        out_levels[i] = key_level(keys[i]) if key_is_valid(keys[i]) else 0
+
+
+@parallel_kernel
+def parents_of_keys(keys, out_parents):
+    """out_parents[i] = parent of keys[i]; -1 at level 1."""
+    for i in numba.prange(keys.shape[0]):
+        out_parents[i] = parent_key(keys[i])
+
+
+@parallel_kernel
+def level_index_of_keys(keys, level, out_index):
+    """Position of each level-`level` key in its level's face-major order: face · 4^(level-1) + path
+    read as a base-4 number."""
+    for i in numba.prange(keys.shape[0]):
+        path = (keys[i] & ((np.int64(1) << _LEVEL_SHIFT) - 1)) >> digit_shift(level - 2)
+        out_index[i] = (key_face(keys[i]) << (2 * (level - 1))) | path
+
+
+@parallel_kernel
+def keys_at_level_index(index, level, out_keys):
+    """Inverse of level_index_of_keys: the level-`level` key at each face-major position."""
+    for i in numba.prange(index.shape[0]):
+        face = index[i] >> (2 * (level - 1))
+        path = index[i] & ((np.int64(1) << (2 * (level - 1))) - 1)
+        out_keys[i] = make_key(face, level) | (path << digit_shift(level - 2))
 
 
 @parallel_kernel

@@ -3,17 +3,25 @@
 An id is `STEP-TRI-v1:` + core + `-` + 3 base32 checksum characters, the core being the face letter
 A-T, the level 1-21 without leading zeros, `-` and 20 path digits 0-3 (digits beyond the level 0).
 The checksum is the first 15 bits of sha256(core); hashing stays with the caller (hashlib), so these
-kernels only check and lay out text. Keys are `kernels.mesh`'s packing.
+kernels only check and lay out text. Keys are `stepbatch_kernels.mesh`'s packing.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-
-from kernels.jit import kernel, parallel_kernel
-from kernels.mesh import (FACE_COUNT, INVALID_KEY, MAX_LEVEL, digit_shift, key_digit, key_face,
-                          key_is_valid, key_level, make_key)
+from stepbatch_kernels.jit import kernel, parallel_kernel
+from stepbatch_kernels.mesh import (
+    FACE_COUNT,
+    INVALID_KEY,
+    MAX_LEVEL,
+    digit_shift,
+    key_digit,
+    key_face,
+    key_is_valid,
+    key_level,
+    make_key,
+)
 
 ID_PREFIX = b"STEP-TRI-v1:"
 PATH_DIGITS = 20
@@ -21,7 +29,7 @@ CORE_WIDTH = 24  # the hashed part of an id: face letter, 1-2 level digits, '-',
 _PREFIX_BYTES = np.frombuffer(ID_PREFIX, dtype=np.uint8).copy()
 _BASE32 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", dtype=np.uint8).copy()
 
-# Outcomes of parse_id, in the order its checks run; stepbatch.mesh_ids words each one. CHECKSUM_MISMATCH
+# Outcomes of parse_id, in the order its checks run; stepbatch.mesh.ids words each one. CHECKSUM_MISMATCH
 # and NOT_STRING are decided outside the kernel (sha256, Python types).
 (ID_OK, ID_MISSING, ID_EMPTY, ID_PREFIX_WRONG, ID_FACE_WRONG, ID_LEVEL_WRONG, ID_LENGTH_WRONG,
  ID_DIGIT_WRONG, ID_PADDING_NONZERO, ID_CHECKSUM_MISSING, ID_CHECKSUM_MALFORMED,

@@ -9,10 +9,10 @@ gives exactly the verdicts of validating the rows one at a time. The pass is inh
 from __future__ import annotations
 
 import numpy as np
+from stepbatch_kernels.geo import haversine_m
+from stepbatch_kernels.jit import kernel
 
-from kernels.geo import haversine_m
-from kernels.jit import kernel
-from stepbatch.codes import MAX_LEVEL, Code, TriangleState
+from stepbatch.protocol import MAX_LEVEL, Code, TriangleState
 
 # Numba freezes IntEnum members into the compiled code as integer constants.
 ACCEPTED, NONCE_REPLAY, MORATORIUM = Code.ACCEPTED, Code.NONCE_REPLAY, Code.MORATORIUM
@@ -28,8 +28,8 @@ def resolve_rows(pre_code, out_of_bounds, row_account, row_pair, row_triangle, l
                  account_balance_micro, account_proof_count, account_has_last, account_last_lat,
                  account_last_lon, account_last_ts_ms, triangle_state, triangle_clicks, nonce_used,
                  speed_limit_mps, moratorium_ms, subdivide_at_clicks,
-                 out_code, out_reward_micro, out_click_number, out_speed_mps, out_detail,
-                 out_subdivided):
+                 out_code, out_reward_micro, out_click_number, out_speed_mps, out_dt_ms,
+                 out_triangle_state, out_subdivided):
     """Resolve every row in order, mutating the state arrays into the state after the batch.
 
     pre_code: uint8 code of the first failing stateless check (0 when checks 1–5 all passed).
@@ -37,16 +37,18 @@ def resolve_rows(pre_code, out_of_bounds, row_account, row_pair, row_triangle, l
     row_*: int index into the account / pair / triangle arrays (only read where pre_code == 0).
     triangle_children: (n_triangles, 4) index of each child in the triangle arrays, -1 when the child
     is not one the batch names (its creation is then the store's business, not the batch's).
-    out_click_number is 0 for a rejected row, out_speed_mps NaN where no speed was measured.
-    out_detail carries what a verdict message needs: the triangle state for TRIANGLE_NOT_ACTIVE, Δt in
-    ms for TOO_FAST and MORATORIUM, the triangle's level for ACCEPTED.
+    out_click_number is 0 for a rejected row, out_speed_mps NaN where no speed was measured,
+    out_dt_ms the time since the account's last accepted proof (0 where there was none), and
+    out_triangle_state the state the row found its triangle in (MISSING where it never got that far).
+    Only `stepbatch.resolve.run_resolver` calls this; it names every argument.
     """
     n = pre_code.shape[0]
     for i in range(n):
         out_reward_micro[i] = 0
         out_click_number[i] = 0
         out_speed_mps[i] = np.nan
-        out_detail[i] = 0
+        out_dt_ms[i] = 0
+        out_triangle_state[i] = MISSING
         out_subdivided[i] = False
         code = pre_code[i]
         if code != ACCEPTED:
@@ -59,19 +61,19 @@ def resolve_rows(pre_code, out_of_bounds, row_account, row_pair, row_triangle, l
             out_code[i] = NONCE_REPLAY
             continue
         state = triangle_state[tri]
+        out_triangle_state[i] = state
         if state == MISSING:
             out_code[i] = TRIANGLE_NOT_FOUND
             continue
         if state != ACTIVE:
             out_code[i] = TRIANGLE_NOT_ACTIVE
-            out_detail[i] = state
             continue
         if out_of_bounds[i]:
             out_code[i] = OUT_OF_BOUNDS
             continue
         if account_has_last[acc]:
             dt_ms = ts_ms[i] - account_last_ts_ms[acc]
-            out_detail[i] = dt_ms
+            out_dt_ms[i] = dt_ms
             if dt_ms <= 0:
                 out_code[i] = TOO_FAST
                 continue
@@ -90,7 +92,6 @@ def resolve_rows(pre_code, out_of_bounds, row_account, row_pair, row_triangle, l
         clicks = triangle_clicks[tri] + 1
         triangle_clicks[tri] = clicks
         out_code[i] = ACCEPTED
-        out_detail[i] = level
         out_reward_micro[i] = reward
         out_click_number[i] = clicks
         nonce_used[pair] = True

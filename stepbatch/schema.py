@@ -3,7 +3,7 @@
 PROOF_SCHEMA is the flat shape of SPEC §2 as `read_proofs` returns it: the signed fields as sent,
 `received_at` (null where the source has none), and three columns the ingest stage derives:
 `ts_ms` (the timestamp in epoch milliseconds, null when unparseable) and `triangle_key` (the triangle id
-packed by `kernels.mesh` into an int64, null when the id is not canonical) and `payload_error` (null
+packed by `stepbatch_kernels.mesh` into an int64, null when the id is not canonical) and `payload_error` (null
 for a row that satisfies every field rule, otherwise the reason it will be rejected with
 INVALID_PAYLOAD).
 Extra source columns follow these, untouched.

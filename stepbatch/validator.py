@@ -7,19 +7,24 @@ against fresh state when another writer moved it (optimistic concurrency, bounde
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import time
 
 import numpy as np
 import pyarrow as pa
 
-from stepbatch import crypto
+from stepbatch.checks import stateless_checks
 from stepbatch.config import Config
+from stepbatch.crypto import recovery
 from stepbatch.ingest import read_proofs
-from stepbatch.resolve import resolve
-from stepbatch.stateless import stateless_checks
+from stepbatch.ingest.timestamps import epoch_ms
+from stepbatch.resolve import index_batch, run_resolver
 from stepbatch.store.base import BatchOutcome, StaleStateError, Store, StoreError
-from stepbatch.verdicts import build_verdicts, counts_by_code, input_digest, verdict_digest
+from stepbatch.verdicts import (
+    build_verdicts,
+    counts_by_code,
+    input_digest,
+    verdict_digest,
+)
 
 
 class BatchConflictError(StoreError):
@@ -51,14 +56,14 @@ class Validator:
             from stepbatch.store.mongo import MongoStore
             store = MongoStore(self.config.mongodb_uri, self.config.db_name, config=self.config)
         self.store = store
-        self._recoverer = crypto.SignatureRecoverer(self.config.threads)
+        self._recoverer = recovery.SignatureRecoverer(self.config.threads)
 
     def validate(self, batch, batch_id: str | None = None, batch_time=None) -> BatchResult:
         """Verdicts for `batch` against the store's current state; writes nothing."""
         started = time.perf_counter()
         proofs = read_proofs(batch)
         timings = {"ingest": time.perf_counter() - started}
-        return self._validate(proofs, batch_id, _epoch_ms(batch_time), timings)
+        return self._validate(proofs, batch_id, _batch_time_ms(batch_time), timings)
 
     def finalize(self, batch, batch_id: str, batch_time=None) -> BatchResult:
         """Validate and commit `batch` as `batch_id`: one transaction, no double spend under concurrency.
@@ -71,7 +76,7 @@ class Validator:
         started = time.perf_counter()
         proofs = read_proofs(batch)
         timings = {"ingest": time.perf_counter() - started}
-        batch_time_ms = _epoch_ms(batch_time)
+        batch_time_ms = _batch_time_ms(batch_time)
         fingerprint = input_digest(proofs)
         for _attempt in range(self.config.commit_retries + 1):
             stored = self.store.committed(batch_id)
@@ -106,23 +111,25 @@ class Validator:
         timings.update(stateless.timings)
 
         started = time.perf_counter()
-        resolution = resolve(proofs, stateless.code, stateless.out_of_bounds, self.store, self.config)
+        index = index_batch(proofs, stateless.code == 0)
+        prior = self.store.load_state(index.keys)
+        timings["state"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        resolution = run_resolver(proofs, stateless, index, prior, self.config)
         timings["resolve"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        detail = np.where(stateless.code == 0, resolution.detail, stateless.drift_ms)
-        verdicts = build_verdicts(proofs, resolution.code, detail, resolution.reward_micro,
-                                  resolution.click_number, resolution.speed_mps, resolution.subdivided,
-                                  stateless.recovered, self.config)
+        verdicts = build_verdicts(proofs, stateless, resolution, self.config)
         digest = verdict_digest(batch_id, verdicts)
         counts = counts_by_code(resolution.code)
         timings["verdicts"] = time.perf_counter() - started
 
         outcome = BatchOutcome(
             batch_id=batch_id, batch_time_ms=batch_time_ms, digest=digest, input_digest=fingerprint,
-            counts=counts, proofs=proofs, verdicts=verdicts, keys=resolution.keys,
-            prior=resolution.prior, final=resolution.final, row_account=resolution.row_account,
-            row_triangle=resolution.row_triangle, row_pair=resolution.row_pair,
+            counts=counts, proofs=proofs, verdicts=verdicts, keys=index.keys,
+            prior=prior, final=resolution.final, row_account=index.row_account,
+            row_triangle=index.row_triangle, row_pair=index.row_pair,
             subdivided_rows=np.flatnonzero(resolution.subdivided))
         return BatchResult(verdicts=verdicts, digest=digest, batch_id=batch_id, counts=counts,
                            timings=timings, outcome=outcome)
@@ -139,17 +146,11 @@ class Validator:
         self.close()
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def _epoch_ms(batch_time) -> int | None:
-    """A datetime (naive means UTC) or epoch milliseconds → epoch milliseconds."""
+def _batch_time_ms(batch_time) -> int | None:
+    """A datetime (naive means UTC) or epoch milliseconds → epoch milliseconds; None stays None."""
     if batch_time is None:
         return None
-    if isinstance(batch_time, dt.datetime):
-        if batch_time.tzinfo is None:
-            batch_time = batch_time.replace(tzinfo=dt.timezone.utc)
-        return (batch_time - _EPOCH) // dt.timedelta(milliseconds=1)
-    if isinstance(batch_time, (int, np.integer)) and not isinstance(batch_time, bool):
-        return int(batch_time)
-    raise TypeError(f"batch_time must be a datetime or epoch milliseconds, got {type(batch_time).__name__}")
+    try:
+        return epoch_ms(batch_time)
+    except TypeError as err:
+        raise TypeError(f"batch_time: {err}") from None

@@ -14,11 +14,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stepbatch.codes import CODE_NAMES, Code, TriangleState
+from stepbatch.checks import StatelessResult
 from stepbatch.config import Config
+from stepbatch.protocol import CODE_NAMES, DIGEST_HEADER, MAX_LEVEL, PROOF_VERSION, Code, TriangleState
+from stepbatch.resolve import Resolution
 from stepbatch.schema import VERDICT_SCHEMA
-
-V1 = "STEP-PROOF-v1"
 
 _V2_REFUSAL = (
     "STEP-PROOF-v2 is refused: its canonical form (JSON.stringify(payload, sortedTopLevelKeys)) drops "
@@ -32,31 +32,30 @@ def code_names(codes: np.ndarray) -> pa.Array:
     return _CODE_STRINGS.take(pa.array(codes, pa.uint8()))
 
 
-def build_verdicts(proofs: pa.Table, code: np.ndarray, detail: np.ndarray, reward_micro: np.ndarray,
-                   click_number: np.ndarray, speed_mps: np.ndarray, subdivided: np.ndarray,
-                   recovered: pa.Array, config: Config) -> pa.Table:
-    """One verdict row per proof (VERDICT_SCHEMA).
-
-    `detail` holds the number a message needs (clock drift or Δt in ms, triangle state, level);
-    `recovered` the address a BAD_SIGNATURE row recovered to (null where it did not recover).
-    `click_number` 0 and `speed_mps` NaN mean null.
-    """
+def build_verdicts(proofs: pa.Table, stateless: StatelessResult, resolution: Resolution,
+                   config: Config) -> pa.Table:
+    """One verdict row per proof (VERDICT_SCHEMA), with a message for people beside each code."""
+    code = resolution.code
     n = len(code)
     accepted = code == Code.ACCEPTED
     frame = pl.DataFrame({
         "code": code,
-        "detail": detail,
-        "reward": reward_micro,
-        "click": click_number,
-        "speed": speed_mps,
-        "subdivided": subdivided,
+        "drift_ms": stateless.drift_ms,
+        "dt_ms": resolution.dt_ms,
+        "triangle_state": resolution.triangle_state,
+        "level": resolution.level,
+        "reward": resolution.reward_micro,
+        "click": resolution.click_number,
+        "speed": resolution.speed_mps,
+        "subdivided": resolution.subdivided,
         "payload_error": pl.from_arrow(proofs.column("payload_error")),
         "version": pl.from_arrow(proofs.column("version")),
         "accuracy": pl.from_arrow(proofs.column("accuracy")),
         "triangle_id": pl.from_arrow(proofs.column("triangle_id")),
-        "recovered": pl.from_arrow(recovered),
+        "recovered": pl.from_arrow(stateless.recovered),
     })
     message = frame.select(_message_expr(config).alias("message")).to_series().to_arrow()
+    speed_mps = resolution.speed_mps
     return pa.Table.from_arrays([
         pa.array(np.arange(n, dtype=np.int64)),
         proofs.column("account").combine_chunks(),
@@ -64,36 +63,36 @@ def build_verdicts(proofs: pa.Table, code: np.ndarray, detail: np.ndarray, rewar
         proofs.column("triangle_id").combine_chunks(),
         code_names(code),
         message.cast(pa.string()),
-        pa.array(reward_micro, pa.int64()),
-        pa.array(click_number, pa.int64(), mask=~accepted),
+        pa.array(resolution.reward_micro, pa.int64()),
+        pa.array(resolution.click_number, pa.int64(), mask=~accepted),
         pa.array(speed_mps, pa.float64(), mask=np.isnan(speed_mps)),
     ], schema=VERDICT_SCHEMA)
 
 
 def _message_expr(config: Config) -> pl.Expr:
-    code, detail = pl.col("code"), pl.col("detail")
-    state_name = (pl.when(detail == TriangleState.SUBDIVIDED).then(pl.lit("subdivided"))
-                  .otherwise(pl.lit("exhausted")))
+    code, dt_ms, level = pl.col("code"), pl.col("dt_ms"), pl.col("level")
+    state_name = (pl.when(pl.col("triangle_state") == TriangleState.SUBDIVIDED)
+                  .then(pl.lit("subdivided")).otherwise(pl.lit("exhausted")))
     accepted = pl.format("accepted: click {} on level {} triangle, reward {} micro-STEP",
-                         pl.col("click"), detail, pl.col("reward"))
+                         pl.col("click"), level, pl.col("reward"))
     return (
         pl.when(code == Code.ACCEPTED).then(
             pl.when(pl.col("subdivided"))
             .then(pl.concat_str([accepted, pl.lit("; the triangle is now "),
-                                 pl.when(detail >= 21).then(pl.lit("exhausted"))
+                                 pl.when(level >= MAX_LEVEL).then(pl.lit("exhausted"))
                                  .otherwise(pl.lit("subdivided"))]))
             .otherwise(accepted))
         .when(code == Code.INVALID_PAYLOAD).then(pl.col("payload_error"))
         .when(code == Code.UNSUPPORTED_VERSION).then(
             pl.when(pl.col("version") == "STEP-PROOF-v2").then(pl.lit(_V2_REFUSAL))
             .otherwise(pl.format("unsupported version '{}': only {} is accepted", pl.col("version"),
-                                 pl.lit(V1))))
+                                 pl.lit(PROOF_VERSION))))
         .when(code == Code.LOW_GPS_ACCURACY).then(
             pl.format("GPS accuracy {} m is outside (0, {}] m", pl.col("accuracy"),
                       pl.lit(_number(config.gps_max_accuracy_m))))
         .when(code == Code.CLOCK_DRIFT).then(
             pl.format("timestamp is {} ms from the reference time; at most {} ms allowed",
-                      detail.abs(), pl.lit(config.clock_drift_ms)))
+                      pl.col("drift_ms").abs(), pl.lit(config.clock_drift_ms)))
         .when(code == Code.BAD_SIGNATURE).then(
             pl.when(pl.col("recovered").is_null())
             .then(pl.lit("signature does not recover to any public key"))
@@ -109,11 +108,11 @@ def _message_expr(config: Config) -> pl.Expr:
         .when(code == Code.TOO_FAST).then(
             pl.when(pl.col("speed").is_nan())
             .then(pl.format("timestamp is not after the account's last accepted proof (Δt = {} ms)",
-                            detail))
+                            dt_ms))
             .otherwise(pl.format("{} m/s since the last accepted proof exceeds {} m/s",
                                  pl.col("speed").round(3), pl.lit(_number(config.speed_limit_mps)))))
         .when(code == Code.MORATORIUM).then(
-            pl.format("{} ms since the last accepted proof; at least {} ms required", detail,
+            pl.format("{} ms since the last accepted proof; at least {} ms required", dt_ms,
                       pl.lit(config.moratorium_ms)))
         .otherwise(pl.lit("unknown code"))
     )
@@ -132,7 +131,7 @@ def counts_by_code(code: np.ndarray) -> dict[str, int]:
 def verdict_digest(batch_id: str, verdicts: pa.Table) -> str:
     """SHA-256 of `STEP-BATCH-VERDICTS-v1:{batch_id}:{n}\\n` and one `{index}:{code}:{reward}:{click}\\n` a row."""
     n = verdicts.num_rows
-    sha = hashlib.sha256(f"STEP-BATCH-VERDICTS-v1:{batch_id}:{n}\n".encode())
+    sha = hashlib.sha256(f"{DIGEST_HEADER}:{batch_id}:{n}\n".encode())
     if n:
         click = pc.fill_null(pc.cast(verdicts.column("click_number"), pa.string()), "")
         lines = pc.binary_join_element_wise(

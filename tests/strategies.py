@@ -39,6 +39,8 @@ import hashlib as _hashlib
 
 import numpy as _np
 
+from stepbatch.crypto import signing
+
 ACCOUNT_KEYS = [_hashlib.sha256(b"stepbatch-test-account-%d" % i).digest() for i in range(4)]
 WORLD_CENTRE = (47.4979, 19.0402)
 _T0_MS = 1_759_667_373_074
@@ -65,7 +67,7 @@ def signed_row(private_key: bytes, triangle_id: str, lat: float, lon: float, ts_
                signer: bytes | None = None, upper_case: bool = False) -> dict:
     """A flat proof row of `private_key`'s account, signed by `signer` (default: the same key)."""
     from stepbatch import crypto
-    address = crypto.address_of(private_key)
+    address = signing.address_of(private_key)
     payload = {"version": version, "account": "0x" + address[2:].upper() if upper_case else address,
                "triangleId": triangle_id, "lat": lat, "lon": lon, "accuracy": accuracy,
                "timestamp": iso_ms(ts_ms), "nonce": nonce}

@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 import pymongo
 import pytest
 
-from stepbatch import gen
+from stepbatch.tools import gen
+
+pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Every attack kind shows up a few dozen times in this much traffic.

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pymongo
 import pytest
 
-from stepbatch.statedigest import event_log_mismatches, state_digest
+from stepbatch.store.statedigest import event_log_mismatches, state_digest
 
-pytestmark = pytest.mark.mongo
+pytestmark = [pytest.mark.mongo, pytest.mark.slow]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BATCH_ROWS = 150

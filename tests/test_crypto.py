@@ -13,6 +13,7 @@ from eth_account.messages import encode_defunct
 from hypothesis import given, settings
 
 from stepbatch import crypto
+from stepbatch.crypto import eip191, hexcodec, recovery, secp256k1, signing
 from tests.conftest import load_vectors
 from tests.strategies import SECP256K1_ORDER, private_keys, proof_payloads
 
@@ -40,7 +41,7 @@ def vectors():
 
 @pytest.fixture(scope="module")
 def recoverer():
-    with crypto.SignatureRecoverer(threads=2) as pool:
+    with recovery.SignatureRecoverer(threads=2) as pool:
         yield pool
 
 
@@ -53,28 +54,28 @@ def test_canonical_message_equals_every_vector_byte_for_byte(vectors):
 
 def test_canonical_messages_column_equals_every_vector(vectors):
     table = flat_table([v["payload"] for v in vectors], [v["signature"] for v in vectors])
-    assert crypto.canonical_messages(table).to_pylist() == [v["message"] for v in vectors]
+    assert eip191.canonical_messages(table).to_pylist() == [v["message"] for v in vectors]
 
 
 def test_scalar_recovery_follows_every_vector(vectors):
     for vector in vectors:
         account = vector["payload"]["account"].lower()
         if vector["expect"] == "malformed":
-            with pytest.raises(crypto.MalformedSignatureError):
+            with pytest.raises(secp256k1.MalformedSignatureError):
                 crypto.recover_address(vector["message"], vector["signature"])
             continue
         try:
             signer = crypto.recover_address(vector["message"], vector["signature"])
-        except crypto.UnrecoverableSignatureError:
+        except secp256k1.UnrecoverableSignatureError:
             signer = None
         assert (signer == account) == (vector["expect"] == "valid"), vector["case"]
 
 
 def test_column_recovery_follows_every_vector(vectors, recoverer):
     table = flat_table([v["payload"] for v in vectors], [v["signature"] for v in vectors])
-    parsed = crypto.parse_signatures(table.column("signature"))
+    parsed = hexcodec.parse_signatures(table.column("signature"))
     assert parsed.valid.tolist() == [v["expect"] != "malformed" for v in vectors]
-    matches = crypto.signatures_match(table, recoverer)
+    matches = recovery.check_signers(table, recoverer).matches
     assert matches.tolist() == [v["expect"] == "valid" for v in vectors]
 
 
@@ -109,7 +110,7 @@ def test_eth_account_signatures_recover_with_recover_address(key, payload):
     message = crypto.canonical_message(payload)
     signed = Account.sign_message(encode_defunct(text=message), private_key=key)
     assert crypto.recover_address(message, signed.signature.hex()) == Account.from_key(key).address.lower()
-    assert crypto.address_of(key) == Account.from_key(key).address.lower()
+    assert signing.address_of(key) == Account.from_key(key).address.lower()
 
 
 def test_sign_proof_accepts_a_hex_private_key():
@@ -119,27 +120,27 @@ def test_sign_proof_accepts_a_hex_private_key():
 
 def test_batch_signatures_equal_sign_proof_and_recover_to_their_signers(recoverer):
     keys = [(i * 7919 + 1).to_bytes(32, "big") for i in range(40)]
-    payloads = [{**PAYLOAD, "account": crypto.address_of(k), "nonce": f"n{i}", "lat": i / 3}
+    payloads = [{**PAYLOAD, "account": signing.address_of(k), "nonce": f"n{i}", "lat": i / 3}
                 for i, k in enumerate(keys)]
     table = flat_table(payloads, [None] * len(payloads))
-    digests = crypto.eip191_digests(crypto.canonical_messages(table))
-    signatures = crypto.signatures_to_hex(crypto.sign_digests(keys, digests, threads=3))
+    digests = eip191.eip191_digests(eip191.canonical_messages(table))
+    signatures = hexcodec.signatures_to_hex(signing.sign_digests(keys, digests, threads=3))
     assert signatures.to_pylist() == [crypto.sign_proof(k, p) for k, p in zip(keys, payloads)]
     signed = table.set_column(table.schema.get_field_index("signature"), "signature", signatures)
-    assert crypto.signatures_match(signed, recoverer).all()
+    assert recovery.check_signers(signed, recoverer).matches.all()
 
 
 def test_batch_signing_names_the_first_invalid_private_key():
     keys = [KEY, bytes(32), SECP256K1_ORDER.to_bytes(32, "big")]
-    with pytest.raises(crypto.InvalidPrivateKeyError, match=r"private_keys\[1\].*2 invalid"):
-        crypto.sign_digests(keys, np.zeros((3, 32), dtype=np.uint8), threads=2)
+    with pytest.raises(secp256k1.InvalidPrivateKeyError, match=r"private_keys\[1\].*2 invalid"):
+        signing.sign_digests(keys, np.zeros((3, 32), dtype=np.uint8), threads=2)
 
 
 # --- parsing --------------------------------------------------------------------------------
 
 def test_parse_signatures_accepts_every_spelling_and_normalises_v():
     body = "ab" * 64
-    parsed = crypto.parse_signatures([f"0x{body}1b", f"{body}1c", f"0x{body.upper()}00", f"{body}01"])
+    parsed = hexcodec.parse_signatures([f"0x{body}1b", f"{body}1c", f"0x{body.upper()}00", f"{body}01"])
     assert parsed.valid.all() and parsed.errors.null_count == 4
     assert parsed.sig65[:, 64].tolist() == [0, 1, 0, 1]
     assert (parsed.sig65[:, :64] == 0xAB).all()
@@ -157,7 +158,7 @@ def test_parse_signatures_accepts_every_spelling_and_normalises_v():
     ("", "got 0 characters"),
 ])
 def test_parse_signatures_says_what_was_expected_and_what_arrived(signature, reason):
-    parsed = crypto.parse_signatures(pa.array(["0x" + "cd" * 64 + "1b", signature], pa.string()))
+    parsed = hexcodec.parse_signatures(pa.array(["0x" + "cd" * 64 + "1b", signature], pa.string()))
     assert parsed.valid.tolist() == [True, False]
     assert parsed.errors[0].as_py() is None
     assert parsed.errors[1].as_py().startswith("signature: expected")
@@ -169,13 +170,13 @@ def test_parse_signatures_reads_sliced_chunked_and_large_string_columns():
     signatures = ["0x" + f"{i:02x}" * 64 + "1b" for i in range(6)]
     chunked = pa.chunked_array([pa.array(signatures[:2]), pa.array(signatures[2:])[1:]])
     large = pa.array(signatures, pa.large_string())[2:]
-    assert crypto.parse_signatures(chunked).sig65[:, 0].tolist() == [0, 1, 3, 4, 5]
-    assert crypto.parse_signatures(large).sig65[:, 0].tolist() == [2, 3, 4, 5]
+    assert hexcodec.parse_signatures(chunked).sig65[:, 0].tolist() == [0, 1, 3, 4, 5]
+    assert hexcodec.parse_signatures(large).sig65[:, 0].tolist() == [2, 3, 4, 5]
 
 
 def test_parse_accounts_requires_0x_and_40_hex_digits():
     good = "0x" + "aB" * 20
-    addr20, valid = crypto.parse_accounts([good, "aB" * 21, "0x" + "ab" * 19, "0x" + "zz" * 20, None])
+    addr20, valid = hexcodec.parse_accounts([good, "aB" * 21, "0x" + "ab" * 19, "0x" + "zz" * 20, None])
     assert valid.tolist() == [True, False, False, False, False]
     assert addr20[0].tobytes() == bytes.fromhex("ab" * 20) and not addr20[1:].any()
 
@@ -184,12 +185,12 @@ def test_parse_accounts_requires_0x_and_40_hex_digits():
 
 def test_recoverer_recovers_only_the_listed_rows(vectors, recoverer):
     valid = [v for v in vectors if v["expect"] == "valid"]
-    digests = crypto.eip191_digests(pa.array([v["message"] for v in valid]))
-    sig65 = crypto.parse_signatures([v["signature"] for v in valid]).sig65
+    digests = eip191.eip191_digests(pa.array([v["message"] for v in valid]))
+    sig65 = hexcodec.parse_signatures([v["signature"] for v in valid]).sig65
     addr20, ok = recoverer.recover(digests, sig65, rows=np.array([4, 0, 2, 2]))
     assert np.flatnonzero(ok).tolist() == [0, 2, 4]
     assert not addr20[~ok].any()
-    accounts, _ = crypto.parse_accounts([v["payload"]["account"] for v in valid])
+    accounts, _ = hexcodec.parse_accounts([v["payload"]["account"] for v in valid])
     assert (addr20[ok] == accounts[ok]).all()
     assert recoverer.recover(digests, sig65, rows=np.array([], dtype=np.int64))[1].sum() == 0
 
@@ -197,18 +198,17 @@ def test_recoverer_recovers_only_the_listed_rows(vectors, recoverer):
 @pytest.mark.parametrize("r_s", [bytes(64), (SECP256K1_ORDER.to_bytes(32, "big") * 2)])
 def test_well_formed_signature_that_does_not_recover_is_a_distinct_error(r_s, recoverer):
     signature = "0x" + r_s.hex() + "1b"
-    assert crypto.parse_signatures([signature]).valid.all()
-    with pytest.raises(crypto.UnrecoverableSignatureError) as raised:
+    assert hexcodec.parse_signatures([signature]).valid.all()
+    with pytest.raises(secp256k1.UnrecoverableSignatureError) as raised:
         crypto.recover_address("hello", signature)
-    assert isinstance(raised.value, ValueError)
-    assert not isinstance(raised.value, crypto.MalformedSignatureError)
-    digests = crypto.eip191_digests(pa.array(["hello"]))
-    _, ok = recoverer.recover(digests, crypto.parse_signatures([signature]).sig65)
+    assert not isinstance(raised.value, secp256k1.MalformedSignatureError)
+    digests = eip191.eip191_digests(pa.array(["hello"]))
+    _, ok = recoverer.recover(digests, hexcodec.parse_signatures([signature]).sig65)
     assert ok.tolist() == [False]
 
 
 def test_recovery_id_beyond_3_fails_the_row_instead_of_aborting(recoverer):
-    sig65 = crypto.parse_signatures([crypto.sign_proof(KEY, PAYLOAD)]).sig65.copy()
+    sig65 = hexcodec.parse_signatures([crypto.sign_proof(KEY, PAYLOAD)]).sig65.copy()
     sig65[0, 64] = 200
     _, ok = recoverer.recover(np.zeros((1, 32), dtype=np.uint8), sig65)
     assert ok.tolist() == [False]
@@ -216,7 +216,7 @@ def test_recovery_id_beyond_3_fails_the_row_instead_of_aborting(recoverer):
 
 @pytest.mark.parametrize("signature", ["0x1234", 12345, None])
 def test_recover_address_raises_malformed_for_unparseable_signatures(signature):
-    with pytest.raises(crypto.MalformedSignatureError):
+    with pytest.raises(secp256k1.MalformedSignatureError):
         crypto.recover_address("hello", signature)
 
 
@@ -226,13 +226,13 @@ def test_changing_any_signed_field_changes_the_signer(field):
     signature = crypto.sign_proof(KEY, PAYLOAD)
     changed = {**PAYLOAD, field: PAYLOAD[field] + (1e-9 if isinstance(PAYLOAD[field], float) else "0")}
     signer = crypto.recover_address(crypto.canonical_message(changed), signature)
-    assert signer != crypto.address_of(KEY)
+    assert signer != signing.address_of(KEY)
 
 
 def test_canonical_messages_give_null_for_a_row_with_a_null_field():
     table = flat_table([PAYLOAD, PAYLOAD], [None, None])
     table = table.set_column(2, "lat", pa.array([None, 47.4979], pa.float64()))
-    messages = crypto.canonical_messages(table).to_pylist()
+    messages = eip191.canonical_messages(table).to_pylist()
     assert messages == [None, crypto.canonical_message(PAYLOAD)]
     assert "|lon:0|acc:1e-7|" in messages[1] and "account:0x2c7536e3605d9c16" in messages[1]
 
@@ -240,7 +240,7 @@ def test_canonical_messages_give_null_for_a_row_with_a_null_field():
 @pytest.mark.parametrize("key", [bytes(32), "0x" + "zz" * 32, SECP256K1_ORDER.to_bytes(32, "big"),
                                  b"short"])
 def test_sign_proof_refuses_an_invalid_private_key(key):
-    with pytest.raises(crypto.InvalidPrivateKeyError):
+    with pytest.raises(secp256k1.InvalidPrivateKeyError):
         crypto.sign_proof(key, PAYLOAD)
 
 
@@ -250,13 +250,13 @@ def test_every_arrow_string_type_gives_the_same_digests_and_verdicts(string_type
     table = flat_table([PAYLOAD, PAYLOAD], [signature, None])
     typed = pa.table({name: column.cast(string_type) if pa.types.is_string(column.type) else column
                       for name, column in zip(table.column_names, table.columns)})
-    assert crypto.eip191_digests(crypto.canonical_messages(typed))[0].tobytes() == \
-        crypto.eip191_digest(crypto.canonical_message(PAYLOAD))
-    assert crypto.signatures_match(typed, recoverer).tolist() == [True, False]
+    assert eip191.eip191_digests(eip191.canonical_messages(typed))[0].tobytes() == \
+        eip191.eip191_digest(crypto.canonical_message(PAYLOAD))
+    assert recovery.check_signers(typed, recoverer).matches.tolist() == [True, False]
 
 
 def test_an_all_null_signature_column_is_invalid_row_by_row(recoverer):
     table = flat_table([PAYLOAD, PAYLOAD], [None, None]).set_column(7, "signature", pa.nulls(2))
-    assert crypto.parse_signatures(table.column("signature")).errors.to_pylist() == [
+    assert hexcodec.parse_signatures(table.column("signature")).errors.to_pylist() == [
         "signature: expected 65 bytes as 130 hex digits (0x optional), got null"] * 2
-    assert crypto.signatures_match(table, recoverer).tolist() == [False, False]
+    assert recovery.check_signers(table, recoverer).matches.tolist() == [False, False]

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stepbatch.ecmascript import number_to_string, numbers_to_strings
+from stepbatch.crypto.ecmascript import number_to_string, numbers_to_strings
 
 SPEC_EXAMPLES = {
     5.0: "5", -180.0: "-180", 1e-7: "1e-7", -1.5e-7: "-1.5e-7", 1e21: "1e+21", -0.0: "0",

@@ -16,7 +16,7 @@ from stepbatch.store import embedded
 from stepbatch.store.base import StoreError
 from stepbatch.store.embedded import EmbeddedServer, port_is_free
 
-pytestmark = pytest.mark.mongo
+pytestmark = [pytest.mark.mongo, pytest.mark.slow]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from stepbatch import MemoryStore, Validator, read_proofs
 from stepbatch.config import Config
-from tests.naive import NaiveValidator
+from tests.naive import Gates, NaiveValidator
 from tests.strategies import _T0_MS, proof_rows
 
 
@@ -34,7 +34,7 @@ def test_engine_equals_one_by_one_reference(level, data, subdivide_at, cuts):
     seeded, rows = data.draw(proof_rows(level))
     config = Config(subdivide_at_clicks=subdivide_at, signature_threads=2)
     with Validator(MemoryStore(seeded), config) as engine:
-        _run_both(engine, NaiveValidator(seeded, config), rows, cuts)
+        _run_both(engine, NaiveValidator(seeded, Gates(subdivide_at_clicks=subdivide_at)), rows, cuts)
 
 
 def _run_both(engine, naive, rows, cuts):

@@ -1,4 +1,4 @@
-"""The §2 field rules (stepbatch.fields): one test per rule with its message, the rule order, the
+"""The §2 field rules (stepbatch.ingest.fields): one test per rule with its message, the rule order, the
 two coercion paths (typed Arrow columns and JSON values) and the messages of bad timestamps."""
 
 from __future__ import annotations
@@ -11,8 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepbatch import mesh
-from stepbatch.fields import FIELD_ORDER, check_fields, coerce_arrow, coerce_json, describe_json
+from stepbatch.ingest.fields import (
+    FIELD_ORDER,
+    check_fields,
+    coerce_arrow,
+    coerce_json,
+    describe_json,
+)
+from stepbatch.mesh import ids as mesh_ids
 from tests.conftest import load_vectors
 from tests.strategies import json_non_numbers
 
@@ -43,7 +49,7 @@ def test_a_well_formed_row_has_no_error_and_gets_its_derived_columns():
     checks = json_checks([GOOD])
     assert checks.payload_error.to_pylist() == [None]
     assert checks.ts_ms.to_pylist() == [1_759_667_373_074]
-    assert checks.triangle_key.to_pylist() == [mesh.key_of(TRIANGLE_ID)]
+    assert checks.triangle_key.to_pylist() == [mesh_ids.key_of(TRIANGLE_ID)]
 
 
 @pytest.mark.parametrize("field", [f for f in FIELD_ORDER if f != "received_at"])
@@ -239,7 +245,7 @@ def test_conformance_ids_decode_to_keys_or_name_the_id_as_invalid():
     checks = json_checks([{**GOOD, "triangle_id": triangle_id} for triangle_id in ids])
     valid_count = len(vectors["valid"])
     assert checks.payload_error.to_pylist()[:valid_count] == [None] * valid_count
-    assert checks.triangle_key.to_pylist()[:valid_count] == [mesh.key_of(v["id"])
+    assert checks.triangle_key.to_pylist()[:valid_count] == [mesh_ids.key_of(v["id"])
                                                              for v in vectors["valid"]]
     for vector, error in zip(vectors["invalid"], checks.payload_error.to_pylist()[valid_count:]):
         assert error is not None and error.startswith(("triangleId", "missing field")), vector

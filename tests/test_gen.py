@@ -11,9 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from stepbatch import MemoryStore, Validator, crypto, gen, mesh, read_proofs
+from stepbatch import MemoryStore, Validator, crypto, mesh, read_proofs
 from stepbatch.cli import main as cli_main
-from stepbatch.walkers import MAX_SPEED_MPS, MIN_INTERVAL_MS
+from stepbatch.crypto import eip191
+from stepbatch.mesh import ids as mesh_ids
+from stepbatch.mesh import keys as mesh_keys
+from stepbatch.tools import gen
+from stepbatch.tools.gen.walkers import MAX_SPEED_MPS, MIN_INTERVAL_MS
 from tests.naive import NaiveValidator
 from tests.strategies import gen_configs
 
@@ -79,7 +83,7 @@ def test_rows_are_in_arrival_order_and_honest_clocks_are_close(traffic):
 
 def test_honest_rows_are_signed_by_their_account_and_inside_their_triangle(traffic):
     honest = traffic.proofs.filter(pc.equal(traffic.proofs.column("attack"), "honest"))
-    signers = crypto.recover_addresses(crypto.canonical_messages(honest), honest.column("signature"))
+    signers = crypto.recover_addresses(eip191.canonical_messages(honest), honest.column("signature"))
     assert signers.equals(honest.column("account").combine_chunks())
     inside = mesh.contains(honest.column("triangle_id").to_pylist(), honest.column("lat").to_numpy(),
                            honest.column("lon").to_numpy())
@@ -98,7 +102,7 @@ def test_honest_walkers_keep_the_cadence_and_a_walking_pace(traffic):
     for proofs in by_account.values():
         for (t0, lat0, lon0), (t1, lat1, lon1) in zip(proofs, proofs[1:]):
             assert t1 - t0 >= MIN_INTERVAL_MS
-            speeds.append(mesh.haversine_m(lat0, lon0, lat1, lon1) / ((t1 - t0) / 1000))
+            speeds.append(mesh_keys.haversine_m(lat0, lon0, lat1, lon1) / ((t1 - t0) / 1000))
     # Reported fixes carry GPS error, so single steps may look faster than the walk; on average a
     # walker covers at most 2 m/s plus that error, and never 15 m/s.
     assert max(speeds) < 15.0
@@ -107,7 +111,7 @@ def test_honest_walkers_keep_the_cadence_and_a_walking_pace(traffic):
 
 def test_triangles_subdivide_under_the_walkers(traffic):
     honest = traffic.proofs.filter(pc.equal(traffic.proofs.column("attack"), "honest"))
-    levels = mesh.key_levels(mesh.decode_ids(honest.column("triangle_id")).keys)
+    levels = mesh_keys.key_levels(mesh_ids.decode_ids(honest.column("triangle_id")).keys)
     assert levels.min() == gen.DEFAULT_LEVEL and levels.max() >= gen.DEFAULT_LEVEL + 2
 
 
@@ -116,7 +120,7 @@ def test_level_21_triangles_exhaust_and_walkers_keep_getting_their_verdicts():
     with Validator(MemoryStore(traffic.triangles)) as validator:
         verdicts = validator.validate(traffic.proofs).verdicts
     assert verdicts.column("code").equals(traffic.proofs.column("expected_code"))
-    levels = mesh.key_levels(mesh.decode_ids(verdicts.column("triangle_id")).keys)
+    levels = mesh_keys.key_levels(mesh_ids.decode_ids(verdicts.column("triangle_id")).keys)
     exhausting = (levels == 21) & (verdicts.column("click_number").to_numpy(zero_copy_only=False) == 11)
     assert exhausting.sum() > 10
 

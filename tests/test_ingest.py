@@ -18,8 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepbatch import mesh, ndjson
-from stepbatch.ingest import ProofSourceError, iter_proofs, read_proofs
+from stepbatch import mesh
+from stepbatch.ingest import ProofSourceError, iter_proofs, ndjson, read_proofs
+from stepbatch.mesh import ids as mesh_ids
 from stepbatch.schema import API_KEYS, PROOF_COLUMNS, PROOF_SCHEMA, SIGNED_FIELDS
 from tests.strategies import latitudes, longitudes
 
@@ -112,8 +113,8 @@ def test_the_output_is_proof_schema_with_derived_columns():
     assert EXPECTED.schema.remove_metadata() == pa.schema(
         list(PROOF_SCHEMA) + [pa.field("expected_code", pa.string()), pa.field("seq", pa.int64())])
     assert EXPECTED.column("payload_error").null_count == len(ROWS)
-    assert EXPECTED.column("triangle_key").to_pylist()[:2] == [mesh.key_of(TRIANGLES[0]),
-                                                               mesh.key_of(TRIANGLES[1])]
+    assert EXPECTED.column("triangle_key").to_pylist()[:2] == [mesh_ids.key_of(TRIANGLES[0]),
+                                                               mesh_ids.key_of(TRIANGLES[1])]
     assert EXPECTED.column("received_at").null_count == 10
 
 
@@ -323,7 +324,6 @@ def test_an_unreadable_source_raises_one_clear_proof_source_error(kind, tmp_path
     source = UNREADABLE[kind](tmp_path)
     with pytest.raises(ProofSourceError) as caught:
         list(iter_proofs(source))
-    assert isinstance(caught.value, ValueError)
     assert "\n" not in str(caught.value) and str(caught.value)
 
 

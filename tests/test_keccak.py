@@ -8,9 +8,9 @@ import pytest
 from Crypto.Hash import keccak as reference_keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stepbatch_kernels.keccak import RATE_BYTES, keccak256_fixed, keccak256_ragged
 
-from kernels.keccak import RATE_BYTES, keccak256_fixed, keccak256_ragged
-from stepbatch import crypto
+from stepbatch.crypto import eip191
 
 
 def reference(data: bytes) -> bytes:
@@ -32,7 +32,7 @@ BOUNDARY_LENGTHS = sorted({0, 1, 7, 8, 9, 31, 32, 33, 64, 65}
 
 
 def test_known_digest_of_the_empty_string():
-    assert crypto.keccak256(b"").hex() == (
+    assert eip191.keccak256(b"").hex() == (
         "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470")
 
 
@@ -77,11 +77,11 @@ def test_fixed_width_rows_accept_a_strided_view():
 
 def test_eip191_digests_hash_a_sliced_arrow_array_by_its_own_offsets():
     messages = pa.array(["skipped", "héllo ✓", "", None, "x" * 300])[1:]
-    digests = crypto.eip191_digests(messages)
+    digests = eip191.eip191_digests(messages)
     expected = [reference(b"\x19Ethereum Signed Message:\n%d%s" % (len(m.encode()), m.encode()))
                 if m is not None else bytes(32) for m in messages.to_pylist()]
     assert [row.tobytes() for row in digests] == expected
 
 
 def test_empty_batch_gives_no_digests():
-    assert crypto.eip191_digests(pa.array([], pa.string())).shape == (0, 32)
+    assert eip191.eip191_digests(pa.array([], pa.string())).shape == (0, 32)

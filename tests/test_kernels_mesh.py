@@ -1,4 +1,4 @@
-"""kernels.mesh and kernels.geo against the slow reference in tests/naive_mesh.py (id text kernels:
+"""stepbatch_kernels.mesh and stepbatch_kernels.geo against the slow reference in tests/naive_mesh.py (id text kernels:
 tests/test_mesh_ids.py)."""
 
 from __future__ import annotations
@@ -10,12 +10,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stepbatch_kernels import geo as kgeo
+from stepbatch_kernels import mesh as kmesh
 
-from kernels import geo as kgeo
-from kernels import mesh as kmesh
 from tests import naive_mesh as naive
-from tests.strategies import (interior_weights, latitudes, longitudes, mesh_triangles,
-                              random_triangles)
+from tests.strategies import (
+    interior_weights,
+    latitudes,
+    longitudes,
+    mesh_triangles,
+    random_triangles,
+)
 
 
 def random_unit_vectors(rng, count):

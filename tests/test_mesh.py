@@ -11,6 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stepbatch import mesh
+from stepbatch.mesh import ids as mesh_ids
+from stepbatch.mesh import keys as mesh_keys
+from stepbatch.mesh import levels as mesh_levels
 from tests import naive_mesh as naive
 from tests.conftest import load_vectors
 from tests.strategies import faces, interior_weights, mesh_triangles
@@ -33,9 +36,9 @@ def interior_point(triangle_id, weights):
 
 def test_geometry_vectors_vertices_are_bit_identical():
     triangles = load_vectors("geometry")
-    keys = mesh.decode_ids([t["id"] for t in triangles]).keys
+    keys = mesh_ids.decode_ids([t["id"] for t in triangles]).keys
     expected = np.array([t["vertices_xyz"] for t in triangles])
-    assert np.array_equal(mesh.vertices_of_keys(keys), expected)
+    assert np.array_equal(mesh_keys.vertices_of_keys(keys), expected)
     assert all(np.array_equal(mesh.vertices(t["id"]), e) for t, e in zip(triangles, expected))
 
 
@@ -105,8 +108,8 @@ def test_level_21_triangles_have_no_children():
 
 def test_key_arithmetic_columns_match_the_scalar_helpers():
     keys = np.array([naive.pack(1, 1, ()), naive.pack(5, 21, (2,) * 20), -1])
-    assert mesh.key_levels(keys).tolist() == [1, 21, 0]
-    children = mesh.child_keys(keys)
+    assert mesh_keys.key_levels(keys).tolist() == [1, 21, 0]
+    children = mesh_keys.child_keys(keys)
     assert children[0].tolist() == [naive.pack(1, 2, (c,)) for c in range(4)]
     assert children[1:].tolist() == [[-1] * 4] * 2
 
@@ -137,7 +140,7 @@ def test_centroid_is_the_normalised_vertex_sum_and_lies_inside():
 def test_invalid_points_give_per_row_results_and_scalar_errors():
     looked_up = mesh.triangle_at([0.0, 91.0, float("nan"), 10.0], [0.0, 0.0, 0.0, 181.0], 3)
     assert looked_up[0] is not None and looked_up.tolist()[1:] == [None] * 3
-    assert mesh.triangle_at_keys([0.0, 0.0], [0.0, 0.0], [0, 22]).tolist() == [-1, -1]
+    assert mesh_keys.triangle_at_keys([0.0, 0.0], [0.0, 0.0], [0, 22]).tolist() == [-1, -1]
     with pytest.raises(ValueError, match="no triangle"):
         mesh.triangle_at(95.0, 0.0, 3)
     triangle_id = mesh.triangle_at(0.0, 0.0, 3)
@@ -157,13 +160,13 @@ def test_contains_keys_with_heavily_repeated_keys_equals_the_reference_per_row()
     lon, lat = centre_lon + rng.normal(0, 0.3, 2000), centre_lat + rng.normal(0, 0.3, 2000)
     expected = [naive.contains_xyz(naive.vertices(triangles[c][0], triangles[c][2]),
                                    naive.latlon_to_xyz(la, lo)) for c, la, lo in zip(claimed, lat, lon)]
-    assert mesh.contains_keys(keys, lat, lon).tolist() == expected
+    assert mesh_keys.contains_keys(keys, lat, lon).tolist() == expected
     assert 0 < sum(expected) < len(expected)
 
 
 def test_haversine_takes_scalars_and_columns():
-    assert mesh.haversine_m(0, 0, 0, 1) == pytest.approx(6371000 * math.pi / 180, rel=1e-12)
-    distances = mesh.haversine_m([0.0, 47.5], [0.0, 19.0], [0.0, 47.5], [1.0, 19.001])
+    assert mesh_keys.haversine_m(0, 0, 0, 1) == pytest.approx(6371000 * math.pi / 180, rel=1e-12)
+    distances = mesh_keys.haversine_m([0.0, 47.5], [0.0, 19.0], [0.0, 47.5], [1.0, 19.001])
     assert distances == pytest.approx([naive.haversine_m(0, 0, 0, 1),
                                        naive.haversine_m(47.5, 19, 47.5, 19.001)])
 
@@ -172,34 +175,34 @@ def test_haversine_takes_scalars_and_columns():
 
 def test_iter_level_keys_without_bbox_lists_every_triangle_once_in_order():
     for level in (1, 2, 4):
-        keys = np.concatenate(list(mesh.iter_level_keys(level, chunk=100)))
-        assert len(keys) == mesh.count_level(level) == 20 * 4 ** (level - 1)
-        assert (np.diff(keys) > 0).all() and mesh.keys_valid(keys).all()
-        assert (mesh.key_levels(keys) == level).all()
-    assert mesh.count_level(21) == 20 * 4 ** 20
-    assert max(len(c) for c in mesh.iter_level_keys(4, chunk=100)) == 100
+        keys = np.concatenate(list(mesh_levels.iter_level_keys(level, chunk=100)))
+        assert len(keys) == mesh_levels.count_level(level) == 20 * 4 ** (level - 1)
+        assert (np.diff(keys) > 0).all() and mesh_keys.keys_valid(keys).all()
+        assert (mesh_keys.key_levels(keys) == level).all()
+    assert mesh_levels.count_level(21) == 20 * 4 ** 20
+    assert max(len(c) for c in mesh_levels.iter_level_keys(4, chunk=100)) == 100
 
 
 @pytest.mark.parametrize("bbox", [(5.9, 45.8, 10.5, 47.8), (170.0, -10.0, -170.0, 10.0),
                                   (-30.0, 80.0, 30.0, 90.0)])
 def test_iter_level_keys_with_bbox_lists_every_triangle_under_the_box_and_stays_near_it(bbox):
     level = 9
-    keys = np.concatenate(list(mesh.iter_level_keys(level, bbox, chunk=1000)))
-    assert len(keys) == mesh.count_level(level, bbox) and (np.diff(keys) > 0).all()
+    keys = np.concatenate(list(mesh_levels.iter_level_keys(level, bbox, chunk=1000)))
+    assert len(keys) == mesh_levels.count_level(level, bbox) and (np.diff(keys) > 0).all()
     west, south, east, north = bbox
     rng = np.random.default_rng(13)
     lon = (west + rng.uniform(0, 1, 3000) * ((east - west) % 360 or 360) + 180) % 360 - 180
     lat = rng.uniform(south, north, 3000)
-    assert np.isin(mesh.triangle_at_keys(lat, lon, level), keys).all()
-    centroid_lon, centroid_lat = mesh.centroids_of_keys(keys).T
+    assert np.isin(mesh_keys.triangle_at_keys(lat, lon, level), keys).all()
+    centroid_lon, centroid_lat = mesh_keys.centroids_of_keys(keys).T
     side_deg = 63.0 / 2 ** (level - 1)
     assert (centroid_lat > south - side_deg).all() and (centroid_lat < north + side_deg).all()
 
 
 def test_a_world_bbox_lists_the_whole_level_and_a_bad_bbox_is_refused():
-    assert mesh.count_level(6, (-180, -90, 180, 90)) == mesh.count_level(6)
+    assert mesh_levels.count_level(6, (-180, -90, 180, 90)) == mesh_levels.count_level(6)
     for bad in [(0, 10, 5, 0), (0, 0, 200, 1), (0, 0, 1), "x"]:
         with pytest.raises(ValueError):
-            mesh.count_level(3, bad)
+            mesh_levels.count_level(3, bad)
     with pytest.raises(ValueError):
-        mesh.count_level(22)
+        mesh_levels.count_level(22)

@@ -1,5 +1,5 @@
-"""STEP-TRI-v1 ids: stepbatch.mesh_ids (conformance vectors, round trips, id columns) and the id text
-kernels of kernels.mesh_ids, against the slow reference in tests/naive_mesh.py."""
+"""STEP-TRI-v1 ids: stepbatch.mesh.ids (conformance vectors, round trips, id columns) and the id text
+kernels of stepbatch_kernels.mesh_ids, against the slow reference in tests/naive_mesh.py."""
 
 from __future__ import annotations
 
@@ -7,19 +7,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given
+from stepbatch_kernels import mesh_ids as kids
 
-from kernels import mesh_ids as kids
-from stepbatch import mesh, mesh_ids
+from stepbatch.mesh import ids as mesh_ids
 from tests import naive_mesh as naive
 from tests.conftest import load_vectors
 from tests.strategies import mesh_triangles, random_triangles
-
-
-def test_stepbatch_mesh_re_exports_the_id_codec():
-    for name in ("ID_PREFIX", "DecodedIds", "encode_id", "decode_id", "key_of", "id_of", "decode_ids",
-                 "encode_keys"):
-        assert getattr(mesh, name) is getattr(mesh_ids, name)
-
 
 # ------------------------------------------------------------------------ conformance vectors
 

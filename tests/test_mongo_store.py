@@ -12,12 +12,13 @@ import pymongo
 import pytest
 from bson import ObjectId
 
-from stepbatch import MemoryStore, Validator, gen, mesh, read_proofs
-from stepbatch.codes import TriangleState, reward_micro
+from stepbatch import MemoryStore, Validator, mesh, read_proofs
 from stepbatch.config import Config
-from stepbatch.statedigest import event_log_mismatches, state_digest
+from stepbatch.protocol import TriangleState, reward_micro
 from stepbatch.store.base import PriorState, StaleStateError, StateKeys, StoreError
 from stepbatch.store.mongo import IN_CHUNK, MongoStore
+from stepbatch.store.statedigest import event_log_mismatches, state_digest
+from stepbatch.tools import gen
 from stepbatch.validator import BatchConflictError
 from stepbatch.verdicts import verdict_digest
 from tests.strategies import point_in, signed_row

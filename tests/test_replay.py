@@ -1,4 +1,4 @@
-"""`stepbatch.replay` in process: batch ids a resumed run can find, where it resumes, and a failed
+"""`stepbatch.tools.replay` in process: batch ids a resumed run can find, where it resumes, and a failed
 replay leaving no verdict file behind."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ import pathlib
 import pyarrow.parquet as pq
 import pytest
 
-from stepbatch import MemoryStore, Validator, gen
+from stepbatch import MemoryStore, Validator
 from stepbatch.cli.gen import write_traffic
 from stepbatch.config import Config
 from stepbatch.ingest import ProofSourceError, read_proofs
-from stepbatch.replay import replay, resume_row, run_id_of
+from stepbatch.tools import gen
+from stepbatch.tools.replay import replay, resume_row, run_id_of
 
 CONFIG = Config(signature_threads=1)
 

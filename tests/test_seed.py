@@ -8,9 +8,11 @@ from hypothesis import given, settings
 
 from stepbatch import mesh
 from stepbatch.cli import main
-from stepbatch.seed import drop_level, seed_mesh, triangles_at
+from stepbatch.mesh import ids as mesh_ids
+from stepbatch.mesh import levels as mesh_levels
 from stepbatch.store.base import StoreError
 from stepbatch.store.documents import H3_RESOLUTION_BY_LEVEL, parent_keys
+from stepbatch.store.seed import drop_level, seed_mesh, triangles_at
 from tests.strategies import mesh_triangles
 
 pytestmark = pytest.mark.mongo
@@ -36,8 +38,8 @@ def test_h3_resolution_follows_the_documented_level_mapping():
 @given(mesh_triangles)
 def test_parent_keys_agree_with_mesh_parent(triangle):
     triangle_id = mesh.encode_id(*triangle)
-    parent = parent_keys([mesh.key_of(triangle_id)])[0]
-    assert (mesh.id_of(int(parent)) if parent >= 0 else None) == mesh.parent(triangle_id)
+    parent = parent_keys([mesh_ids.key_of(triangle_id)])[0]
+    assert (mesh_ids.id_of(int(parent)) if parent >= 0 else None) == mesh.parent(triangle_id)
 
 
 def test_seeding_stores_20_times_4_to_the_level_minus_1_triangles_per_level(mongo_store):
@@ -73,16 +75,16 @@ def test_second_run_inserts_nothing(mongo_store):
 
 
 def test_interrupted_seeding_is_finished_by_running_it_again(mongo_store):
-    mongo_store.add_triangles(mesh.encode_keys(next(mesh.iter_level_keys(4, chunk=500))).to_pylist())
+    mongo_store.add_triangles(mesh_ids.encode_keys(next(mesh_levels.iter_level_keys(4, chunk=500))).to_pylist())
     report = seed_mesh(mongo_store, [4], progress=False)
     assert (report.levels[0].inserted, report.levels[0].existing) == (1280 - 500, 500)
     assert mongo_store.db.triangles.count_documents({"level": 4}) == 1280
 
 
 def test_bbox_seeding_is_deterministic_and_covers_the_box(mongo_store):
-    planned = mesh.count_level(10, BUDAPEST_BBOX)
+    planned = mesh_levels.count_level(10, BUDAPEST_BBOX)
     report = seed_mesh(mongo_store, [10], bbox=BUDAPEST_BBOX, progress=False)
-    assert report.levels[0].inserted == planned == mesh.count_level(10, BUDAPEST_BBOX)
+    assert report.levels[0].inserted == planned == mesh_levels.count_level(10, BUDAPEST_BBOX)
     # Level-10 triangles are ~15 km across: a 0.3° × 0.2° box needs a handful, not the level's 5M.
     assert 2 <= planned <= 200
     west, south, east, north = BUDAPEST_BBOX

@@ -1,4 +1,4 @@
-"""The strict ISO-8601 grammar (stepbatch.timestamps): epoch ms equal to what datetime gives, the
+"""The strict ISO-8601 grammar (stepbatch.ingest.timestamps): epoch ms equal to what datetime gives, the
 edges of the calendar and of the fraction, and every near miss refused."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepbatch.timestamps import parse_timestamp_parts, parse_timestamps
+from stepbatch.ingest.timestamps import parse_timestamp_parts, parse_timestamps
 from tests.strategies import iso_timestamps
 
 

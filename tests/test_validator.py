@@ -7,10 +7,10 @@ import hashlib
 import pytest
 
 from stepbatch import MemoryStore, Validator, mesh
-from stepbatch.codes import REWARD_MICRO
 from stepbatch.config import Config
+from stepbatch.protocol import REWARD_MICRO
 from stepbatch.validator import BatchConflictError
-from tests.strategies import WORLD_CENTRE, _T0_MS, point_in, signed_row
+from tests.strategies import _T0_MS, WORLD_CENTRE, point_in, signed_row
 
 KEYS = [hashlib.sha256(b"scenario-%d" % i).digest() for i in range(16)]
 INSIDE = (0.6, 0.2, 0.2)

@@ -42,12 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from stepbatch.config import ConfigError
     from stepbatch.ingest import ProofSourceError
     from stepbatch.store.base import StoreError
 
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ProofSourceError) as err:
+    except (UsageError, ProofSourceError, ConfigError) as err:
         print(f"stepbatch {args.command}: {err}", file=sys.stderr)
         return 2
     except StoreError as err:

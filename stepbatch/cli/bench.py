@@ -2,7 +2,7 @@
 
 (a) the libsecp256k1 ceiling (`secp256k1.ceiling_seconds`: a bare coincurve loop, one thread per core);
 (b) stepbatch validate-only against a MemoryStore; (c) stepbatch end to end, each batch committed to the
-embedded database (or MONGODB_URI); (d) the original one-proof-per-request design (stepbatch.baseline).
+embedded database (or MONGODB_URI); (d) the original one-proof-per-request design (stepbatch.tools.baseline).
 b and c run closed loop (capacity) and, in open mode, open loop at --rate for --duration and at every
 --sweep rate. Every committing run gets a database of its own, so that counting its click events proves
 that no accepted proof was lost.
@@ -26,7 +26,6 @@ import numpy as np
 
 from stepbatch.cli import UsageError
 
-_REPO = pathlib.Path(__file__).resolve().parents[2]
 _QUICK = dict(duration=5.0, sweep_duration=3.0, closed_proofs=3_000, baseline_proofs=200, walkers=100)
 
 
@@ -57,7 +56,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=1, help="traffic seed (1)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 5 s sustained, 3 s per sweep rate, small closed-loop and baseline runs")
-    parser.add_argument("--out-dir", default=str(_REPO / "benchmarks" / "results"),
+    parser.add_argument("--out-dir", default=str(pathlib.Path("benchmarks") / "results"),
                         help="where the JSON and PNG go (benchmarks/results)")
     parser.set_defaults(func=run)
 
@@ -104,7 +103,7 @@ def _fill_defaults(args) -> None:
 
 
 def _traffic(args):
-    from stepbatch import gen
+    from stepbatch.tools import gen
 
     open_rows = [args.rate * args.duration] + [rate * args.sweep_duration for rate in args.sweep]
     rows = int(max(args.closed_proofs, args.baseline_proofs, *(open_rows if args.mode == "open" else [])))
@@ -143,7 +142,7 @@ def _measure(args, config, traffic, uri) -> dict:
 
 
 def _load_run(args, config, traffic, uri, label, commit, mode, rate, rows, batch_size, max_wait_ms, repeat):
-    from stepbatch.loadtest import MicroBatcher, arrival_offsets_s
+    from stepbatch.tools.loadtest import MicroBatcher, arrival_offsets_s
     from stepbatch.validator import Validator
 
     batch = traffic.proofs.slice(0, rows)
@@ -184,10 +183,10 @@ class _RunStore:
 
 
 def _ceiling(proofs, threads: int, repeats: int) -> dict:
-    from stepbatch import crypto, secp256k1
+    from stepbatch.crypto import eip191, hexcodec, secp256k1
 
-    parsed = crypto.parse_signatures(proofs.column("signature"))
-    digests = crypto.eip191_digests(crypto.canonical_messages(proofs))[parsed.valid]
+    parsed = hexcodec.parse_signatures(proofs.column("signature"))
+    digests = eip191.eip191_digests(eip191.canonical_messages(proofs))[parsed.valid]
     signatures = parsed.sig65[parsed.valid]
     digest_list, signature_list = [d.tobytes() for d in digests], [s.tobytes() for s in signatures]
     seconds = [secp256k1.ceiling_seconds(digest_list, signature_list, threads) for _ in range(repeats)]
@@ -196,14 +195,14 @@ def _ceiling(proofs, threads: int, repeats: int) -> dict:
 
 
 def _baseline(traffic, uri, config, rows: int, repeats: int) -> dict:
-    from stepbatch.baseline import OriginalServer
-    from stepbatch.loadtest import count_committed_clicks
+    from stepbatch.tools.baseline import OriginalServer
+    from stepbatch.tools.loadtest import count_committed_clicks
 
-    requests = traffic.proofs.slice(0, rows).to_pylist()
+    requests = traffic.proofs.slice(0, rows)
     runs = []
     for _ in range(repeats):
         with _RunStore("d", traffic, uri, config) as store:
-            run = OriginalServer(store.client, store.db.name, config).run(requests)
+            run = OriginalServer(store, config).run(requests)
             accepted = int(run.counts().get("ACCEPTED", 0))
             committed = count_committed_clicks(store)
         latency_ms = run.latency_s * 1000.0

@@ -31,13 +31,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from stepbatch import gen
     from stepbatch.cli.gen import write_traffic
-    from stepbatch.cli.replay import _Bar, _print_summary
     from stepbatch.config import Config
-    from stepbatch.replay import replay
-    from stepbatch.report import build_report, format_report
     from stepbatch.store.mongo import MongoStore, ensure_schema
+    from stepbatch.tools import gen
+    from stepbatch.tools.replay import ProgressBar, print_summary, replay
+    from stepbatch.tools.report import build_report, format_report
     from stepbatch.validator import Validator
 
     config = Config.from_env(mongodb_uri=args.mongodb_uri, db_name=args.db)
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             f"demo area in {time.perf_counter() - clock:.1f} s")
 
         say(f"4/4 replaying in batches of {args.batch_size:,}, one transaction each")
-        bar = None if args.quiet else _Bar(traffic.proofs.num_rows)
+        bar = None if args.quiet else ProgressBar(traffic.proofs.num_rows)
         try:
             with Validator(store, config) as validator:
                 summary = replay([str(traffic_path)], validator, out=str(verdicts_path),
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         store.close()
 
     print()
-    _print_summary(summary, argparse.Namespace(no_commit=False, out=str(verdicts_path)), sys.stdout)
+    print_summary(summary, committed=True, out_path=str(verdicts_path), out=sys.stdout)
     print()
     report = build_report(pl.read_parquet(verdicts_path))
     print(format_report(report))

@@ -42,7 +42,7 @@ def register(subparsers) -> None:
 
 
 def run_seed(args: argparse.Namespace) -> int:
-    from stepbatch.seed import seed_mesh
+    from stepbatch.store.seed import seed_mesh
 
     if args.dry_run:
         try:
@@ -67,7 +67,7 @@ def run_seed(args: argparse.Namespace) -> int:
 
 
 def run_drop(args: argparse.Namespace) -> int:
-    from stepbatch.seed import drop_level
+    from stepbatch.store.seed import drop_level
 
     with _store(args) as store:
         deleted = drop_level(store, args.level, force=args.force)

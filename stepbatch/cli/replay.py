@@ -35,9 +35,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stepbatch.config import Config
-    from stepbatch.replay import ReplayError, replay
     from stepbatch.store.base import StoreError
     from stepbatch.store.memory import MemoryStore
+    from stepbatch.tools.replay import ReplayError, print_summary, replay
     from stepbatch.validator import Validator
 
     if args.batch_size < 1:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
         closing = getattr(store, "backing", None) or store
         closing.close()
-    _print_summary(summary, args, sys.stdout)
+    print_summary(summary, committed=not args.no_commit, out_path=args.out, out=sys.stdout)
     return 0
 
 
@@ -84,28 +84,9 @@ def _triangle_ids(path: str) -> list[str]:
     return ids
 
 
-class _Bar:
-    """A progress bar that appears with the first batch done, so that a run failing before it
-    leaves nothing on stderr but its error line."""
+def _progress_bar(inputs):
+    from stepbatch.tools.replay import ProgressBar
 
-    def __init__(self, total: int | None):
-        self._total = total
-        self._bar = None
-
-    def update(self, rows: int, summary) -> None:
-        if self._bar is None:
-            from tqdm import tqdm
-            self._bar = tqdm(total=self._total, unit=" proofs", unit_scale=True,
-                             dynamic_ncols=True, file=sys.stderr)
-        self._bar.set_postfix_str(f"{summary.counts.get('ACCEPTED', 0):,} accepted")
-        self._bar.update(rows)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _progress_bar(inputs) -> _Bar:
     total = 0
     for name in inputs:
         try:
@@ -113,22 +94,4 @@ def _progress_bar(inputs) -> _Bar:
         except Exception:
             total = None
             break
-    return _Bar(total)
-
-
-def _print_summary(summary, args, out) -> None:
-    print(f"replayed {summary.rows:,} proofs in {summary.batches:,} batches "
-          f"({summary.seconds:.1f} s, {summary.proofs_per_second:,.0f} proofs/s)", file=out)
-    if summary.stage_seconds:
-        stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary.stage_seconds.items())
-        print(f"stages: {stages}", file=out)
-    if summary.resumed_from_row:
-        print(f"resumed after row {summary.resumed_from_row:,}", file=out)
-    for code, n in sorted(summary.counts.items(), key=lambda item: -item[1]):
-        share = n / summary.rows if summary.rows else 0
-        print(f"  {code:<20} {n:>10,}  {share:6.1%}", file=out)
-    print(f"rewards paid: {summary.reward_micro / 1e6:,.6f} STEP", file=out)
-    print("state kept in memory only (--no-commit)" if args.no_commit
-          else "committed to the database", file=out)
-    if args.out:
-        print(f"verdicts: {args.out}", file=out)
+    return ProgressBar(total)

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from stepbatch.report import build_report, format_report, plot_report
+    from stepbatch.tools.report import build_report, format_report, plot_report
 
     try:
         verdicts = pl.read_parquet(args.verdicts)

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from stepbatch.codes import TriangleState
+from stepbatch.protocol import TriangleState
 
 
 class StoreError(RuntimeError):

@@ -17,8 +17,9 @@ import pyarrow.compute as pc
 from bson.datetime_ms import DatetimeMS
 from bson.int64 import Int64
 
-from stepbatch import mesh
-from stepbatch.codes import MAX_LEVEL, TRIANGLE_STATE_NAMES, Code, TriangleState
+from stepbatch.mesh import ids as mesh_ids
+from stepbatch.mesh import keys as mesh_keys
+from stepbatch.protocol import MAX_LEVEL, TRIANGLE_STATE_NAMES, Code, TriangleState
 from stepbatch.schema import VERDICT_SCHEMA
 from stepbatch.store.base import BatchOutcome
 
@@ -44,7 +45,7 @@ H3_RESOLUTION_BY_LEVEL = (None,) + tuple(_h3_resolution(level) for level in rang
 
 def parent_keys(keys: np.ndarray) -> np.ndarray:
     """Packed key of each key's parent; -1 at level 1 (the key layout and arithmetic of
-    kernels.mesh.parent_key, over a whole array)."""
+    stepbatch_kernels.mesh.parent_key, over a whole array)."""
     keys = np.asarray(keys, np.int64)
     level = (keys >> 40) & 31
     digit_shift = np.maximum(42 - 2 * level, 0)
@@ -56,16 +57,16 @@ def parent_keys(keys: np.ndarray) -> np.ndarray:
 def triangle_documents(keys: np.ndarray, now: dt.datetime) -> list[dict]:
     """Fresh triangle documents (active, 0 clicks, no children) for packed keys of valid triangles."""
     keys = np.asarray(keys, np.int64)
-    ids = mesh.encode_keys(keys).to_pylist()
+    ids = mesh_ids.encode_keys(keys).to_pylist()
     parents = parent_keys(keys)
-    parent_ids = mesh.encode_keys(parents).to_pylist()
-    levels = mesh.key_levels(keys).tolist()
-    faces = ((keys >> 45) & 31).tolist()  # the face bits of kernels.mesh's key layout
-    rings = mesh.rings_of_keys(keys).tolist()
-    centroids = mesh.centroids_of_keys(keys)
+    parent_ids = mesh_ids.encode_keys(parents).to_pylist()
+    levels = mesh_keys.key_levels(keys).tolist()
+    faces = ((keys >> 45) & 31).tolist()  # the face bits of stepbatch_kernels.mesh's key layout
+    rings = mesh_keys.rings_of_keys(keys).tolist()
+    centroids = mesh_keys.centroids_of_keys(keys)
     cells = [h3.latlng_to_cell(lat, lon, H3_RESOLUTION_BY_LEVEL[level])
              for (lon, lat), level in zip(centroids.tolist(), levels)]
-    path_start = len(mesh.ID_PREFIX) + 2  # the face letter and the '-' after the level
+    path_start = len(mesh_ids.ID_PREFIX) + 2  # the face letter and the '-' after the level
     return [{
         "_id": triangle_id,
         "face": face,
@@ -113,7 +114,7 @@ def plan_commit(outcome: BatchOutcome, now: dt.datetime) -> CommitPlan:
     accepted = np.flatnonzero(codes)
     ts_ms = np.asarray(pc.fill_null(proofs.column("ts_ms"), 0), np.int64)
     triangle_ids = keys.triangles.to_pylist()
-    triangle_keys = mesh.decode_ids(keys.triangles).keys
+    triangle_keys = mesh_ids.decode_ids(keys.triangles).keys
 
     # Per triangle, the proof time of its last accepted click in this batch.
     last_click_ms = np.full(len(triangle_ids), -1, np.int64)
@@ -121,8 +122,8 @@ def plan_commit(outcome: BatchOutcome, now: dt.datetime) -> CommitPlan:
 
     subdivided = np.unique(outcome.row_triangle[outcome.subdivided_rows])
     subdivided = subdivided[final.triangle_state[subdivided] == TriangleState.SUBDIVIDED]
-    children = mesh.child_keys(triangle_keys[subdivided]) if len(subdivided) else np.empty((0, 4), np.int64)
-    children_ids = [mesh.encode_keys(row).to_pylist() for row in children]
+    children = mesh_keys.child_keys(triangle_keys[subdivided]) if len(subdivided) else np.empty((0, 4), np.int64)
+    children_ids = [mesh_ids.encode_keys(row).to_pylist() for row in children]
     children_of = dict(zip(subdivided.tolist(), children_ids))
 
     created = np.flatnonzero((prior.triangle_state == TriangleState.MISSING)
@@ -155,7 +156,7 @@ def plan_commit(outcome: BatchOutcome, now: dt.datetime) -> CommitPlan:
                     if child not in known or final.triangle_state[known[child]] == TriangleState.MISSING]
     children_upserts = []
     if new_children:
-        for document in triangle_documents(mesh.decode_ids(new_children).keys, now):
+        for document in triangle_documents(mesh_ids.decode_ids(new_children).keys, now):
             children_upserts.append(({"_id": document.pop("_id")}, {"$setOnInsert": document}))
 
     account_inserts, account_updates = _account_writes(outcome, now)

@@ -14,9 +14,15 @@ from typing import Iterable
 import numpy as np
 
 from stepbatch import mesh
-from stepbatch.codes import TriangleState
-from stepbatch.store.base import (BatchOutcome, CommittedBatch, PriorState, StaleStateError, StateKeys,
-                                  Store)
+from stepbatch.protocol import TriangleState
+from stepbatch.store.base import (
+    BatchOutcome,
+    CommittedBatch,
+    PriorState,
+    StaleStateError,
+    StateKeys,
+    Store,
+)
 
 
 @dataclasses.dataclass

@@ -24,9 +24,18 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from stepbatch import mesh
 from stepbatch.config import Config
+from stepbatch.mesh import ids as mesh_ids
+from stepbatch.mesh import keys as mesh_keys
+from stepbatch.mesh import levels as mesh_levels
 from stepbatch.store import documents
-from stepbatch.store.base import (BatchOutcome, CommittedBatch, PriorState, StaleStateError, StateKeys,
-                                  StoreError)
+from stepbatch.store.base import (
+    BatchOutcome,
+    CommittedBatch,
+    PriorState,
+    StaleStateError,
+    StateKeys,
+    StoreError,
+)
 from stepbatch.store.embedded import EmbeddedServer
 
 # Keys per `{_id: {$in: [...]}}` query. SecantusDB re-applies `$in` linearly to every matched
@@ -79,7 +88,7 @@ class MongoStore:
     def add_triangles(self, triangle_ids) -> int:
         """Make these triangles exist (active, 0 clicks); ones that exist are left as they are.
         ValueError for an id that is not canonical. Returns how many were inserted."""
-        keys = np.array([mesh.key_of(triangle_id) for triangle_id in triangle_ids], np.int64)
+        keys = np.array([mesh_ids.key_of(triangle_id) for triangle_id in triangle_ids], np.int64)
         now = dt.datetime.now(dt.timezone.utc)
         inserted = 0
         with translated_errors("adding triangles"):
@@ -319,9 +328,9 @@ def geo_lookup_is_exact(db) -> bool:
     if cache_key in _GEO_EXACT:
         return _GEO_EXACT[cache_key]
     probe = db["stepbatch_geo_probe"]
-    keys = next(mesh.iter_level_keys(1))
-    ids = mesh.encode_keys(keys).to_pylist()
-    rings = mesh.rings_of_keys(keys).tolist()
+    keys = next(mesh_levels.iter_level_keys(1))
+    ids = mesh_ids.encode_keys(keys).to_pylist()
+    rings = mesh_keys.rings_of_keys(keys).tolist()
     try:
         probe.drop()
         probe.insert_many([{"_id": i, "polygon": {"type": "Polygon", "coordinates": [ring]}}

@@ -1,7 +1,7 @@
 """STEP-TRI-v1 triangle ids (SPEC §3): id text to packed keys and back, one id or whole columns.
 
 `STEP-TRI-v1:{face letter}{level}-{20 path digits}-{checksum}` maps one-to-one onto the canonical
-int64 keys of `kernels.mesh`. The Numba kernels of `kernels.mesh_ids` check and lay out the text;
+int64 keys of `stepbatch_kernels.mesh`. The Numba kernels of `stepbatch_kernels.mesh_ids` check and lay out the text;
 the 15-bit sha256 checksum is computed here with hashlib. Decoding is strict and, for columns,
 per row: a bad id becomes an invalid row with the message `decode_id` would raise. `stepbatch.mesh`
 re-exports the codec, and shares the argument checks `check_level` and `key_array`.
@@ -14,16 +14,17 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+from stepbatch_kernels import mesh as kmesh
+from stepbatch_kernels import mesh_ids as kids
+from stepbatch_kernels.jit import launch
+from stepbatch_kernels.mesh import FACE_COUNT
 
-from kernels import mesh as kmesh
-from kernels import mesh_ids as kids
-from kernels.jit import launch
-from kernels.mesh import FACE_COUNT, MAX_LEVEL
+from stepbatch.protocol import MAX_LEVEL
 
 ID_PREFIX = kids.ID_PREFIX.decode()
 _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
-# What decode_id raises and decode_ids reports for each kernels.mesh_ids parse outcome.
+# What decode_id raises and decode_ids reports for each stepbatch_kernels.mesh_ids parse outcome.
 _ID_ERRORS = {
     kids.ID_MISSING: "missing triangleId",
     kids.ID_EMPTY: "triangleId is empty",
@@ -110,8 +111,8 @@ def key_of(triangle_id: str) -> int:
 
 
 def _unpack(key: int) -> tuple[int, int, tuple[int, ...]]:
-    level = (key >> 40) & 31
-    return (key >> 45) & 31, level, tuple((key >> (38 - 2 * i)) & 3 for i in range(level - 1))
+    level = int(kmesh.key_level(key))
+    return int(kmesh.key_face(key)), level, tuple(int(kmesh.key_digit(key, i)) for i in range(level - 1))
 
 
 def decode_id(triangle_id: str) -> tuple[int, int, tuple[int, ...]]:
@@ -187,7 +188,7 @@ def decode_ids(ids) -> DecodedIds:
 
 
 def encode_keys(keys) -> pa.Array:
-    """Ids of packed keys as an Arrow string array (null for invalid keys); text built in kernels."""
+    """Ids of packed keys as an Arrow string array (null for invalid keys); text built in stepbatch_kernels."""
     keys = key_array(keys)
     n = len(keys)
     cores = np.zeros((n, kids.CORE_WIDTH), np.uint8)

@@ -14,8 +14,8 @@ A `payload_error` the source already carries (a table read before) is kept; `ts_
 `triangle_key` are derived afresh. Python `[]` is an empty batch. A source that cannot be read at
 all raises `ProofSourceError`.
 
-This module finds and reads the sources; `stepbatch.ndjson` frames NDJSON into line-numbered rows
-and `stepbatch.proof_table` turns the pieces read into PROOF_SCHEMA tables.
+This module finds and reads the sources; `stepbatch.ingest.ndjson` frames NDJSON into line-numbered rows
+and `stepbatch.ingest.table` turns the pieces read into PROOF_SCHEMA tables.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from stepbatch import ndjson, proof_table
-from stepbatch.fields import describe_json
+from stepbatch.ingest import ndjson
+from stepbatch.ingest import table as proof_table
+from stepbatch.ingest.fields import describe_json
 from stepbatch.schema import API_KEYS, PROOF_SCHEMA, SIGNED_FIELDS
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-
 from typing import Sequence
 
 import numpy as np

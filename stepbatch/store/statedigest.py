@@ -19,6 +19,8 @@ from bson import ObjectId
 from bson.datetime_ms import DatetimeMS
 from bson.int64 import Int64
 
+from stepbatch.ingest.timestamps import epoch_ms
+
 DIGEST_COLLECTIONS = ("triangles", "accounts", "triangle_events")
 # Wall-clock times of the writes: two validators committing the same batches differ only in these.
 WALL_CLOCK_FIELDS = frozenset({"createdAt", "updatedAt"})
@@ -56,16 +58,10 @@ def _canonical(value):
         return {"$int": str(int(value))}
     if isinstance(value, float):
         return {"$float": value.hex()}
-    if isinstance(value, DatetimeMS):
-        return {"$date": int(value)}
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return {"$date": (value - _EPOCH) // dt.timedelta(milliseconds=1)}
+    if isinstance(value, (DatetimeMS, dt.datetime)):
+        return {"$date": _epoch_ms(value)}
     return {"$" + type(value).__name__: str(value)}
 
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 @dataclasses.dataclass
@@ -154,8 +150,4 @@ def event_log_mismatches(db, subdivide_at_clicks: int = 11) -> list[str]:
 
 
 def _epoch_ms(value) -> int:
-    if isinstance(value, DatetimeMS):
-        return int(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return (value - _EPOCH) // dt.timedelta(milliseconds=1)
+    return int(value) if isinstance(value, DatetimeMS) else epoch_ms(value)

@@ -17,9 +17,16 @@ import numpy as np
 from tqdm import tqdm
 
 from stepbatch import mesh
+from stepbatch.mesh import levels as mesh_levels
+from stepbatch.protocol import MAX_LEVEL
 from stepbatch.store import documents
 from stepbatch.store.base import StoreError
-from stepbatch.store.mongo import ensure_schema, geo_lookup_is_exact, insert_new, translated_errors
+from stepbatch.store.mongo import (
+    ensure_schema,
+    geo_lookup_is_exact,
+    insert_new,
+    translated_errors,
+)
 
 INSERT_CHUNK = 5_000
 SIZE_SAMPLE = 256
@@ -75,13 +82,13 @@ def seed_mesh(db_or_store, levels: Iterable[int], bbox: Sequence[float] | None =
     db = _database(db_or_store)
     levels = list(levels)
     for level in levels:
-        mesh.count_level(level)  # validates the level before anything is written
+        mesh_levels.count_level(level)  # validates the level before anything is written
     if not dry_run:
         with translated_errors("creating the triangle indexes"):
             ensure_schema(db)
     reports = []
     for level in levels:
-        report = LevelReport(level=level, planned=mesh.count_level(level, bbox))
+        report = LevelReport(level=level, planned=mesh_levels.count_level(level, bbox))
         report.bson_bytes_per_document = _mean_bson_bytes(level, bbox)
         if not dry_run:
             started = time.perf_counter()
@@ -100,7 +107,7 @@ def _seed_level(db, report: LevelReport, bbox, progress: bool) -> None:
                 return
         with tqdm(total=report.planned, desc=f"level {report.level}", unit="tri",
                   disable=not progress, leave=False) as bar:
-            for keys in mesh.iter_level_keys(report.level, bbox, chunk=INSERT_CHUNK):
+            for keys in mesh_levels.iter_level_keys(report.level, bbox, chunk=INSERT_CHUNK):
                 now = dt.datetime.now(dt.timezone.utc)
                 inserted, existing = insert_new(db.triangles, documents.triangle_documents(keys, now))
                 report.inserted += inserted
@@ -109,7 +116,7 @@ def _seed_level(db, report: LevelReport, bbox, progress: bool) -> None:
 
 
 def _mean_bson_bytes(level: int, bbox) -> float:
-    keys = next(mesh.iter_level_keys(level, bbox, chunk=SIZE_SAMPLE), np.empty(0, np.int64))
+    keys = next(mesh_levels.iter_level_keys(level, bbox, chunk=SIZE_SAMPLE), np.empty(0, np.int64))
     if len(keys) == 0:
         return 0.0
     now = dt.datetime.now(dt.timezone.utc)
@@ -122,7 +129,7 @@ def drop_level(db_or_store, level: int, force: bool = False) -> int:
     Refuses (StoreError naming how many) when any of them has been clicked, unless `force`: their
     clicks are history that rewards were paid for."""
     db = _database(db_or_store)
-    mesh.count_level(level)
+    mesh_levels.count_level(level)
     with translated_errors(f"dropping level {level}"):
         clicked = db.triangles.count_documents({"level": level, "clicks": {"$gt": 0}})
         if clicked and not force:
@@ -148,7 +155,7 @@ def triangles_at(db_or_store, lat: float, lon: float) -> list[dict]:
             point = {"type": "Point", "coordinates": [lon, lat]}
             found = list(db.triangles.find({"polygon": {"$geoIntersects": {"$geometry": point}}}))
         else:
-            ids = mesh.triangle_at(np.full(mesh.MAX_LEVEL, lat), np.full(mesh.MAX_LEVEL, lon),
-                                   np.arange(1, mesh.MAX_LEVEL + 1)).tolist()
+            ids = mesh.triangle_at(np.full(MAX_LEVEL, lat), np.full(MAX_LEVEL, lon),
+                                   np.arange(1, MAX_LEVEL + 1)).tolist()
             found = list(db.triangles.find({"_id": {"$in": ids}}))
     return sorted(found, key=lambda doc: (doc.get("level", 0), doc["_id"]))

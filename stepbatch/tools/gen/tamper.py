@@ -15,8 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stepbatch import mesh
-from stepbatch.ecmascript import number_to_string
+from stepbatch.crypto.ecmascript import number_to_string
+from stepbatch.mesh import ids as mesh_ids
+from stepbatch.mesh import keys as mesh_keys
 
 TAMPERED_FIELDS = ("lat", "lon", "accuracy", "nonce", "triangle_id")
 
@@ -43,8 +44,8 @@ def tamper(table: pa.Table, rows: np.ndarray, claimed_key: np.ndarray,
     # The claimed triangle's parent, which would pay twice the reward.
     moved = chosen["triangle_id"]
     lat, lon = (table.column(c).to_numpy()[moved] for c in ("lat", "lon"))
-    parents = mesh.triangle_at_keys(lat, lon, mesh.key_levels(claimed_key[moved]) - 1)
-    return replace(table, "triangle_id", moved, mesh.encode_keys(parents))
+    parents = mesh_keys.triangle_at_keys(lat, lon, mesh_keys.key_levels(claimed_key[moved]) - 1)
+    return replace(table, "triangle_id", moved, mesh_ids.encode_keys(parents))
 
 
 def malform(table: pa.Table, rows: np.ndarray, rng: np.random.Generator

@@ -17,9 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stepbatch import ndjson
-from stepbatch.fields import FIELD_ORDER, Column, check_fields, coerce_arrow, coerce_json, \
-    describe_json
+from stepbatch.ingest import ndjson
+from stepbatch.ingest.fields import (
+    FIELD_ORDER,
+    Column,
+    check_fields,
+    coerce_arrow,
+    coerce_json,
+    describe_json,
+)
 from stepbatch.schema import API_KEYS, PROOF_COLUMNS, PROOF_SCHEMA, SIGNED_FIELDS
 
 

@@ -1,8 +1,8 @@
 """Seeded, deterministic, signed synthetic traffic: honest walkers and attackers (`stepbatch gen`).
 
 The pipeline, each step over whole arrays:
-  journeys (stepbatch.walkers: proof slots, attacks in the gaps, walks, GPS fixes) → arrival order →
-  triangle paths (mesh) → sequential pass (kernels.gen: claims, clicks, subdivisions, replayable
+  journeys (stepbatch.tools.gen.walkers: proof slots, attacks in the gaps, walks, GPS fixes) → arrival order →
+  triangle paths (mesh) → sequential pass (stepbatch_kernels.gen: claims, clicks, subdivisions, replayable
   nonces) → payload columns → EIP-191 digests and threaded signing (crypto) → tampering and
   malformation after signing.
 
@@ -24,13 +24,17 @@ import pathlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from stepbatch_kernels import gen as kernel
 
-from kernels import gen as kernel
-from stepbatch import crypto, mesh, reach, tamper
-from stepbatch import walkers as walk
-from stepbatch.codes import MAX_LEVEL, Code
 from stepbatch.config import Config
+from stepbatch.crypto import eip191, hexcodec, signing
+from stepbatch.ingest.timestamps import epoch_ms
+from stepbatch.mesh import ids as mesh_ids
+from stepbatch.mesh import keys as mesh_keys
+from stepbatch.protocol import MAX_LEVEL, PROOF_VERSION, Code
 from stepbatch.schema import PROOF_SCHEMA, SIGNED_FIELDS
+from stepbatch.tools.gen import reach, tamper
+from stepbatch.tools.gen import walkers as walk
 
 DEFAULT_WALKERS = 100
 DEFAULT_PROOFS = 10_000
@@ -116,7 +120,7 @@ def generate(walkers: int = DEFAULT_WALKERS, proofs: int | None = DEFAULT_PROOFS
         proofs = None
     walker_keys = _private_keys(seed, "walker", walkers)
     attacker_keys = _private_keys(seed, "attacker", _N_ATTACKER_KEYS)
-    addresses = crypto.addresses_of(walker_keys)
+    addresses = signing.addresses_of(walker_keys)
 
     attacks_per_gap = attack_share / (1.0 - attack_share)
     slots = walk.slots_needed(walkers, proofs, duration_s, attacks_per_gap)
@@ -133,12 +137,12 @@ def generate(walkers: int = DEFAULT_WALKERS, proofs: int | None = DEFAULT_PROOFS
     # Phones on local time use the centre's nominal zone, 15° of longitude per hour.
     local_offset_min = 60 * round(center[1] / 15.0)
     table = _payload(plan, rows, start_ms, addresses, local_offset_min, rng)
-    digests = crypto.eip191_digests(crypto.canonical_messages(table))
+    digests = eip191.eip191_digests(eip191.canonical_messages(table))
     signer_keys = walker_keys[plan.journeys.walker[rows]]
     forged = np.flatnonzero(kind == KIND["forged_signer"])
     signer_keys[forged] = attacker_keys[rng.integers(0, _N_ATTACKER_KEYS, len(forged))]
-    signatures = crypto.sign_digests(signer_keys, digests, threads)
-    table = table.append_column("signature", crypto.signatures_to_hex(signatures))
+    signatures = signing.sign_digests(signer_keys, digests, threads)
+    table = table.append_column("signature", hexcodec.signatures_to_hex(signatures))
     table = tamper.tamper(table, np.flatnonzero(kind == KIND["tampered"]), plan.claimed_key[rows], rng)
     table, overrides = tamper.malform(table, np.flatnonzero(kind == KIND["malformed"]), rng)
 
@@ -194,7 +198,7 @@ def _plan(seed: int, walkers: int, slots: int, attacks_per_gap: float, kind_p: n
     journeys = walk.journeys(_stream(seed, "journeys"), walkers, slots, attacks_per_gap,
                              present + 1, kind_p[present], styles, radius_m)
     lat, lon = walk.to_lat_lon(center, journeys.x_m, journeys.y_m)
-    point_key = mesh.triangle_at_keys(lat, lon, MAX_LEVEL)
+    point_key = mesh_keys.triangle_at_keys(lat, lon, MAX_LEVEL)
 
     seeded, bbox, reserved = reach.seeding(center, radius_m, level, point_key)
     unseeded = journeys.kind == KIND["unseeded"]
@@ -211,8 +215,8 @@ def _plan(seed: int, walkers: int, slots: int, attacks_per_gap: float, kind_p: n
                      preset, rng.random(n), level, walkers, _GATES.speed_limit_mps,
                      _GATES.moratorium_ms, _GATES.subdivide_at_clicks, keep, claimed, replay_of)
     return _Plan(journeys=journeys, lat=lat, lon=lon, keep=keep, claimed_key=claimed,
-                 replay_of=replay_of, seed_ids=mesh.encode_keys(seeded).to_pylist(),
-                 reserved_ids=mesh.encode_keys(reserved).to_pylist(), bbox=bbox)
+                 replay_of=replay_of, seed_ids=mesh_ids.encode_keys(seeded).to_pylist(),
+                 reserved_ids=mesh_ids.encode_keys(reserved).to_pylist(), bbox=bbox)
 
 
 def _select(plan: _Plan, proofs: int | None, duration_s: float | None) -> np.ndarray | None:
@@ -250,7 +254,7 @@ def _payload(plan: _Plan, rows: np.ndarray, start_ms: int, addresses: pa.Array,
     journeys = plan.journeys
     kind = journeys.kind[rows]
     walker = journeys.walker[rows]
-    versions = pa.array(["STEP-PROOF-v1", "STEP-PROOF-v2"])
+    versions = pa.array([PROOF_VERSION, "STEP-PROOF-v2"])
     unique_keys, key_index = np.unique(plan.claimed_key[rows], return_inverse=True)
     nonce = _uuid4_strings(rng, len(rows))
     replays = np.flatnonzero(kind == KIND["replay"])
@@ -260,7 +264,7 @@ def _payload(plan: _Plan, rows: np.ndarray, start_ms: int, addresses: pa.Array,
     return pa.table({
         "version": versions.take(pa.array((kind == KIND["v2"]).astype(np.int8))),
         "account": addresses.take(pa.array(walker)),
-        "triangle_id": mesh.encode_keys(unique_keys).take(pa.array(key_index)),
+        "triangle_id": mesh_ids.encode_keys(unique_keys).take(pa.array(key_index)),
         "lat": plan.lat[rows],
         "lon": plan.lon[rows],
         "accuracy": journeys.accuracy_m[rows],
@@ -375,19 +379,15 @@ def _stream(seed: int, purpose: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, label]))
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
-
 def _epoch_ms(start_time: dt.datetime | int) -> int:
-    if isinstance(start_time, dt.datetime):
-        if start_time.tzinfo is None:
-            raise ValueError(f"start_time needs a time zone, got {start_time.isoformat()}")
-        return (start_time - _EPOCH) // dt.timedelta(milliseconds=1)
-    if isinstance(start_time, (int, np.integer)) and not isinstance(start_time, bool):
-        return int(start_time)
-    raise ValueError(f"start_time must be a datetime or epoch ms, got {start_time!r}")
+    if isinstance(start_time, dt.datetime) and start_time.tzinfo is None:
+        raise ValueError(f"start_time needs a time zone, got {start_time.isoformat()}")
+    try:
+        return epoch_ms(start_time)
+    except TypeError:
+        raise ValueError(f"start_time must be a datetime or epoch ms, got {start_time!r}") from None
 
 
-def _iso_ms(epoch_ms: int) -> str:
-    moment = _EPOCH + dt.timedelta(milliseconds=epoch_ms)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+def _iso_ms(ms: int) -> str:
+    moment = dt.datetime.fromtimestamp(ms // 1000, dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"

@@ -13,9 +13,10 @@ import hashlib
 import os
 import pathlib
 import re
+import sys
 import time
 from collections import Counter
-from typing import Sequence
+from typing import Sequence, TextIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -154,3 +155,43 @@ class _VerdictWriter:
                 os.replace(self.partial, self.path)
             else:
                 self.partial.unlink(missing_ok=True)
+
+
+class ProgressBar:
+    """A progress bar that appears with the first batch done, so that a run failing before it
+    leaves nothing on stderr but its error line."""
+
+    def __init__(self, total: int | None):
+        self._total = total
+        self._bar = None
+
+    def update(self, rows: int, summary) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+            self._bar = tqdm(total=self._total, unit=" proofs", unit_scale=True,
+                             dynamic_ncols=True, file=sys.stderr)
+        self._bar.set_postfix_str(f"{summary.counts.get('ACCEPTED', 0):,} accepted")
+        self._bar.update(rows)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def print_summary(summary: ReplaySummary, committed: bool, out_path: str | None, out: TextIO) -> None:
+    """The replay's closing report: rows, rate, stage timings, counts by code, rewards."""
+    print(f"replayed {summary.rows:,} proofs in {summary.batches:,} batches "
+          f"({summary.seconds:.1f} s, {summary.proofs_per_second:,.0f} proofs/s)", file=out)
+    if summary.stage_seconds:
+        stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary.stage_seconds.items())
+        print(f"stages: {stages}", file=out)
+    if summary.resumed_from_row:
+        print(f"resumed after row {summary.resumed_from_row:,}", file=out)
+    for code, n in sorted(summary.counts.items(), key=lambda item: -item[1]):
+        share = n / summary.rows if summary.rows else 0
+        print(f"  {code:<20} {n:>10,}  {share:6.1%}", file=out)
+    print(f"rewards paid: {summary.reward_micro / 1e6:,.6f} STEP", file=out)
+    print("committed to the database" if committed
+          else "state kept in memory only (--no-commit)", file=out)
+    if out_path:
+        print(f"verdicts: {out_path}", file=out)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-EARTH_RADIUS_M = 6_371_000.0
+from stepbatch.protocol import EARTH_RADIUS_M
 
 # Proof cadence of an honest phone: above the moratorium with room for the network latency, so a
 # walker's proofs arrive in the order they were made.

@@ -7,11 +7,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from stepbatch_kernels.gen import ancestor_keys
+from stepbatch_kernels.jit import launch
 
-from kernels.gen import ancestor_keys
-from kernels.jit import launch
-from stepbatch import mesh
-from stepbatch.walkers import EARTH_RADIUS_M, destination
+from stepbatch.mesh import keys as mesh_keys
+from stepbatch.mesh import levels as mesh_levels
+from stepbatch.protocol import EARTH_RADIUS_M
+from stepbatch.tools.gen.walkers import destination
 
 RESERVED_COUNT = 4
 MAX_SEEDED = 1_000_000  # a seed list beyond this is a level far too fine for the walking radius
@@ -30,23 +32,23 @@ def seeding(center: tuple[float, float], radius_m: float, level: int, point_key:
     half_lat = math.degrees(radius_m / EARTH_RADIUS_M)
     half_lon = half_lat / math.cos(math.radians(lat0))
     disc_bbox = (_wrap_lon(lon0 - half_lon), lat0 - half_lat, _wrap_lon(lon0 + half_lon), lat0 + half_lat)
-    if mesh.count_level(level, disc_bbox) > MAX_SEEDED:
+    if mesh_levels.count_level(level, disc_bbox) > MAX_SEEDED:
         raise ValueError(f"a {radius_m:g} m radius holds over {MAX_SEEDED:,} level-{level} "
                          f"triangles; choose a coarser level or a smaller radius")
     parents = np.empty(len(point_key), np.int64)
     launch(ancestor_keys, len(point_key), point_key, level - 1, parents)
-    seeded = np.union1d(mesh.child_keys(np.unique(parents)).ravel(), _level_keys(level, disc_bbox))
-    corners = mesh.rings_of_keys(seeded)[:, :3].reshape(-1, 2)  # [lon, lat] of every vertex
+    seeded = np.union1d(mesh_keys.child_keys(np.unique(parents)).ravel(), _level_keys(level, disc_bbox))
+    corners = mesh_keys.rings_of_keys(seeded)[:, :3].reshape(-1, 2)  # [lon, lat] of every vertex
     east_deg = (corners[:, 0] - lon0 + 180.0) % 360.0 - 180.0
     bbox = (_wrap_lon(lon0 + east_deg.min()), float(corners[:, 1].min()),
             _wrap_lon(lon0 + east_deg.max()), float(corners[:, 1].max()))
     taken = np.union1d(seeded, _level_keys(level, bbox))
-    reach_m = float(mesh.haversine_m(lat0, lon0, corners[:, 1], corners[:, 0]).max())
+    reach_m = float(mesh_keys.haversine_m(lat0, lon0, corners[:, 1], corners[:, 0]).max())
     return seeded, bbox, _reserved_keys(center, reach_m, level, taken)
 
 
 def _level_keys(level: int, bbox: tuple[float, float, float, float]) -> np.ndarray:
-    return np.concatenate([np.zeros(0, np.int64), *mesh.iter_level_keys(level, bbox)])
+    return np.concatenate([np.zeros(0, np.int64), *mesh_levels.iter_level_keys(level, bbox)])
 
 
 def _wrap_lon(lon_deg: float) -> float:
@@ -61,7 +63,7 @@ def _reserved_keys(center: tuple[float, float], reach_m: float, level: int,
     for distance_m in (math.sqrt(2.0) * reach_m + 2 * side_m, 2 * reach_m + 6 * side_m,
                        math.pi * EARTH_RADIUS_M):
         lat, lon = destination(center, bearings, distance_m)
-        keys = mesh.triangle_at_keys(lat, lon, level)
+        keys = mesh_keys.triangle_at_keys(lat, lon, level)
         keys = keys[~np.isin(keys, taken)]
         _, first = np.unique(keys, return_index=True)
         if len(first):

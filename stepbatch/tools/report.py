@@ -8,7 +8,7 @@ import h3
 import polars as pl
 
 from stepbatch import mesh
-from stepbatch.codes import CODE_NAMES
+from stepbatch.protocol import CODE_NAMES
 
 
 @dataclasses.dataclass

@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stepbatch import crypto, mesh
-from stepbatch.codes import Code
 from stepbatch.config import Config
-from stepbatch.verdicts import V1
+from stepbatch.crypto import hexcodec, recovery
+from stepbatch.mesh import keys as mesh_keys
+from stepbatch.protocol import PROOF_VERSION, Code
 
 
 @dataclasses.dataclass
@@ -30,13 +30,13 @@ class StatelessResult:
 
 
 def stateless_checks(proofs: pa.Table, config: Config, batch_time_ms: int | None,
-                     recoverer: crypto.SignatureRecoverer) -> StatelessResult:
+                     recoverer: recovery.SignatureRecoverer) -> StatelessResult:
     started = time.perf_counter()
     n = proofs.num_rows
     code = np.zeros(n, np.uint8)
 
     _fail(code, _is_true(pc.is_valid(proofs.column("payload_error"))), Code.INVALID_PAYLOAD)
-    _fail(code, ~_is_true(pc.equal(proofs.column("version"), V1)), Code.UNSUPPORTED_VERSION)
+    _fail(code, ~_is_true(pc.equal(proofs.column("version"), PROOF_VERSION)), Code.UNSUPPORTED_VERSION)
 
     accuracy = _floats(proofs.column("accuracy"))
     _fail(code, ~((accuracy > 0) & (accuracy <= config.gps_max_accuracy_m)), Code.LOW_GPS_ACCURACY)
@@ -57,7 +57,7 @@ def stateless_checks(proofs: pa.Table, config: Config, batch_time_ms: int | None
         keys = _ints(pc.take(proofs.column("triangle_key"), rows))
         lat = _floats(pc.take(proofs.column("lat"), rows))
         lon = _floats(pc.take(proofs.column("lon"), rows))
-        out_of_bounds[candidates] = ~mesh.contains_keys(keys, lat, lon)
+        out_of_bounds[candidates] = ~mesh_keys.contains_keys(keys, lat, lon)
     geometry_done = time.perf_counter()
 
     recovered = pa.nulls(n, pa.string())
@@ -75,16 +75,16 @@ def stateless_checks(proofs: pa.Table, config: Config, batch_time_ms: int | None
 
 
 def _check_signatures(proofs: pa.Table, candidates: np.ndarray,
-                      recoverer: crypto.SignatureRecoverer) -> tuple[np.ndarray, pa.Array]:
+                      recoverer: recovery.SignatureRecoverer) -> tuple[np.ndarray, pa.Array]:
     """bad[i] when candidate row i is not signed by its account, and, aligned with all rows, the
     address each bad row recovered to (null where none recovered)."""
-    check = crypto.check_signers(proofs.take(pa.array(candidates)), recoverer)
+    check = recovery.check_signers(proofs.take(pa.array(candidates)), recoverer)
     bad = ~check.matches
     recovered = np.zeros((proofs.num_rows, 20), np.uint8)
     recovered_ok = np.zeros(proofs.num_rows, np.bool_)
     recovered[candidates] = check.signers
     recovered_ok[candidates] = bad & check.recovered
-    return bad, crypto.addresses_to_hex(recovered, recovered_ok)
+    return bad, hexcodec.addresses_to_hex(recovered, recovered_ok)
 
 
 def _fail(code: np.ndarray, failed: np.ndarray, value: Code) -> None:

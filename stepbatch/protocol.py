@@ -1,7 +1,8 @@
-"""Verdict codes, triangle states and the reward table of SPEC §4.
+"""The constants of the STEP protocol, each in one place: verdict codes, triangle states, rewards,
+the mesh's depth, the proof version, the Earth radius of the speed check and the digest header.
 
-A code's integer value is its position in the check order, so "the first failing check wins" is
-`min` over codes and every kernel can carry codes as `uint8`.
+A code's integer value is its position in the check order (SPEC §4), so "the first failing check
+wins" is `min` over codes and every kernel can carry codes as `uint8`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class TriangleState(enum.IntEnum):
 TRIANGLE_STATE_NAMES = {TriangleState.ACTIVE: "active", TriangleState.SUBDIVIDED: "subdivided",
                         TriangleState.EXHAUSTED: "exhausted"}
 
-MAX_LEVEL = 21
+MAX_LEVEL = 21  # levels 1..21 (SPEC §3); level-21 triangles become exhausted instead of subdividing
+
+PROOF_VERSION = "STEP-PROOF-v1"  # the only version accepted; the first field of the canonical message
+EARTH_RADIUS_M = 6_371_000.0  # R of the haversine distance behind TOO_FAST (SPEC §4 check 10)
+DIGEST_HEADER = "STEP-BATCH-VERDICTS-v1"  # first word of the text the verdict digest hashes (SPEC §4)
 
 # round(1e6 / 2**(level-1)) as the original server formatted it, for levels 1..21.
 REWARD_MICRO: tuple[int, ...] = (

@@ -12,6 +12,8 @@ Anything else — a space for `T`, a missing zone, `24:00:00`, 2025-02-29 — is
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -88,3 +90,17 @@ def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np
     day_of_year = (153 * np.where(month > 2, month - 3, month + 9) + 2) // 5 + day - 1
     day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
     return era * 146_097 + day_of_era - 719_468
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def epoch_ms(moment: dt.datetime | int) -> int:
+    """Epoch milliseconds of a datetime (a naive one is read as UTC) or of an integer already in ms."""
+    if isinstance(moment, dt.datetime):
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.timezone.utc)
+        return (moment - _EPOCH) // dt.timedelta(milliseconds=1)
+    if isinstance(moment, (int, np.integer)) and not isinstance(moment, bool):
+        return int(moment)
+    raise TypeError(f"expected a datetime or epoch milliseconds, got {type(moment).__name__}")

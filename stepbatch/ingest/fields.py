@@ -9,11 +9,11 @@ this order, the first failure giving the row's `payload_error`:
 
 and within one field: missing (absent or null), wrong type, then the value rules. Messages start
 with the field's name as the API shape spells it (`triangleId`); those of `triangleId` and
-`signature` values are the ones `mesh.decode_ids` and `crypto.parse_signatures` give. `version`
+`signature` values are the ones `mesh_ids.decode_ids` and `hexcodec.parse_signatures` give. `version`
 need only be a string: another version is UNSUPPORTED_VERSION, decided later.
 
 Times (`timestamp`, and `received_at` when it is a string) must follow the strict ISO-8601 grammar
-of `stepbatch.timestamps`; a text outside it and a date or time that does not exist get distinct
+of `stepbatch.ingest.timestamps`; a text outside it and a date or time that does not exist get distinct
 messages.
 """
 
@@ -29,8 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stepbatch import crypto, mesh, timestamps
-from stepbatch.timestamps import parse_timestamps
+from stepbatch.crypto import hexcodec
+from stepbatch.ingest import timestamps
+from stepbatch.ingest.timestamps import parse_timestamps
+from stepbatch.mesh import ids as mesh_ids
 
 FIELD_ORDER = ("version", "account", "triangle_id", "lat", "lon", "accuracy", "timestamp", "nonce",
                "signature", "received_at")
@@ -180,15 +182,12 @@ def _coerce_json_received_at(values: Sequence) -> Column:
         elif isinstance(value, numbers.Integral) and not _is_bool(value) and abs(value) < 2**62:
             ms[row], present[row] = int(value), True
         elif isinstance(value, dt.datetime):
-            moment = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-            ms[row], present[row] = (moment - _EPOCH) // dt.timedelta(milliseconds=1), True
+            ms[row], present[row] = timestamps.epoch_ms(value), True
         elif value is not None:
             errors[row] = f"{_RECEIVED_AT_EXPECTED}, got {describe_json(value)}"
     return Column(pa.array(ms, pa.timestamp("ms", tz="UTC"), mask=~present),
                   pa.array(errors, pa.string()) if any(errors) else None)
 
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def describe_json(value) -> str:
@@ -244,7 +243,7 @@ def check_fields(columns: Mapping[str, Column], row_error: pa.Array | None = Non
             rule(failures, values, present)
         if field == "triangle_id":
             # mesh's messages already name the field: "triangleId checksum does not match".
-            decoded = mesh.decode_ids(values)
+            decoded = mesh_ids.decode_ids(values)
             valid = present & np.asarray(decoded.valid, bool)
             errors = _as_string_array(decoded.errors)
             failures.add(present & ~valid, lambda rows: errors.take(rows))
@@ -254,7 +253,7 @@ def check_fields(columns: Mapping[str, Column], row_error: pa.Array | None = Non
             ts_ms = pa.array(parsed_ms, pa.int64(), mask=~(present & ok))
         elif field == "signature":
             # crypto's messages already name the field: "signature: expected 65 bytes …".
-            parsed = crypto.parse_signatures(values)
+            parsed = hexcodec.parse_signatures(values)
             errors = _as_string_array(parsed.errors)
             failures.add(present & ~np.asarray(parsed.valid, bool), lambda rows: errors.take(rows))
     return FieldChecks(ts_ms=ts_ms, triangle_key=triangle_key, payload_error=failures.messages())
