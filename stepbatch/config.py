@@ -28,7 +28,10 @@ class Config:
     mongodb_uri: str | None = None
     db_name: str = "step"
     data_dir: str = "stepbatch-data"
-    commit_retries: int = 10
+    # How long finalize keeps re-validating a batch whose commit conflicts with other writers. It
+    # outlasts MongoDB's default transaction lifetime (60 s), so a transaction left open by a writer
+    # that was killed mid-commit is outwaited rather than reported as a failure.
+    commit_wait_s: float = 90.0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -80,7 +83,7 @@ ENV_NAMES = {
     "mongodb_uri": "MONGODB_URI",
     "db_name": "STEPBATCH_DB",
     "data_dir": "STEPBATCH_DATA_DIR",
-    "commit_retries": "STEPBATCH_COMMIT_RETRIES",
+    "commit_wait_s": "STEPBATCH_COMMIT_WAIT_S",
 }
 
 # field → (type, bound, comparison): every numeric setting must be finite and beyond its bound.
@@ -91,5 +94,5 @@ _RULES = {
     "moratorium_ms": (int, 0, ">="),
     "subdivide_at_clicks": (int, 1, ">="),
     "signature_threads": (int, 0, ">="),
-    "commit_retries": (int, 0, ">="),
+    "commit_wait_s": (float, 0, ">="),
 }

@@ -7,6 +7,8 @@ against fresh state when another writer moved it (optimistic concurrency, bounde
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import logging
 import time
 
 import numpy as np
@@ -25,6 +27,10 @@ from stepbatch.verdicts import (
     input_digest,
     verdict_digest,
 )
+
+
+log = logging.getLogger("stepbatch")
+_PATIENCE = 3  # conflicts in a row before the wait is announced
 
 
 class BatchConflictError(StoreError):
@@ -77,14 +83,15 @@ class Validator:
         proofs = read_proofs(batch)
         timings = {"ingest": time.perf_counter() - started}
         batch_time_ms = _batch_time_ms(batch_time)
-        fingerprint = input_digest(proofs)
-        for _attempt in range(self.config.commit_retries + 1):
+        fingerprint = input_digest(proofs, batch_time_ms, self.config)
+        deadline = time.monotonic() + self.config.commit_wait_s
+        for attempt in itertools.count():
             stored = self.store.committed(batch_id)
             if stored is not None:
                 if stored.input_digest != fingerprint:
                     raise BatchConflictError(
-                        f"batch {batch_id} was already committed with different proofs "
-                        f"(stored digest {stored.digest})")
+                        f"batch {batch_id} was already committed with other proofs, another batch "
+                        f"time or other gates (stored digest {stored.digest})")
                 if stored.verdicts is None:
                     raise BatchConflictError(f"batch {batch_id} was already committed (digest "
                                              f"{stored.digest}); this store keeps no verdicts to return")
@@ -94,17 +101,25 @@ class Validator:
             commit_started = time.perf_counter()
             try:
                 self.store.commit(result.outcome)
-            except StaleStateError:
+            except StaleStateError as err:
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"batch {batch_id}: state kept changing under concurrent writers for "
+                        f"{self.config.commit_wait_s:g} s (STEPBATCH_COMMIT_WAIT_S); last: {err}") from err
+                if attempt == _PATIENCE:
+                    log.warning("batch %s conflicts with another writer's transaction; re-validating "
+                                "until it ends (a writer killed mid-commit leaves one open until the "
+                                "server expires it, 60 s by default), for at most %g s",
+                                batch_id, self.config.commit_wait_s)
+                time.sleep(min(0.05 * 2 ** min(attempt, 5), max(deadline - time.monotonic(), 0)))
                 continue
             result.timings["commit"] = time.perf_counter() - commit_started
             result.committed = True
             return result
-        raise StoreError(f"batch {batch_id}: state kept changing under concurrent writers; gave up "
-                         f"after {self.config.commit_retries + 1} attempts")
 
     def _validate(self, proofs: pa.Table, batch_id: str | None, batch_time_ms: int | None,
                   timings: dict[str, float], fingerprint: str | None = None) -> BatchResult:
-        fingerprint = fingerprint or input_digest(proofs)
+        fingerprint = fingerprint or input_digest(proofs, batch_time_ms, self.config)
         batch_id = batch_id if batch_id is not None else fingerprint[:32]
 
         stateless = stateless_checks(proofs, self.config, batch_time_ms, self._recoverer)

@@ -145,13 +145,18 @@ def verdict_digest(batch_id: str, verdicts: pa.Table) -> str:
     return sha.hexdigest()
 
 
-def input_digest(proofs: pa.Table) -> str:
-    """A fingerprint of the proofs as submitted: the signed fields, signature, received_at and the
-    ingest verdict on each row. Two submissions under one batch id are the same batch iff it matches."""
-    sha = hashlib.sha256(f"STEP-BATCH-INPUT-v1:{proofs.num_rows}\n".encode())
-    for name in ("version", "account", "triangle_id", "timestamp", "nonce", "signature",
-                 "payload_error"):
-        column = proofs.column(name).combine_chunks()
+def input_digest(proofs: pa.Table, batch_time_ms: int | None, config: Config) -> str:
+    """A fingerprint of what a batch's verdicts depend on besides the prior state: the signed fields,
+    signature and received_at of each row, its field-rule verdict (the reason without the line or row
+    it was framed at, so the same proofs as NDJSON, JSON or a list match), the batch time and the
+    gates. Two submissions under one batch id are the same batch iff it matches."""
+    gates = ",".join(f"{name}={getattr(config, name)!r}" for name in GATES)
+    sha = hashlib.sha256(f"STEP-BATCH-INPUT-v2:{proofs.num_rows}:{batch_time_ms}:{gates}\n".encode())
+    reasons = pc.replace_substring_regex(proofs.column("payload_error"), _WHERE, "")
+    for name, column in [*((n, proofs.column(n)) for n in (
+            "version", "account", "triangle_id", "timestamp", "nonce", "signature")),
+            ("payload_error", reasons)]:
+        column = column.combine_chunks()
         sha.update(name.encode())
         sha.update(np.asarray(pc.fill_null(pc.binary_length(column), -1), np.int64).tobytes())
         sha.update(_string_bytes(pc.fill_null(column, "")))
@@ -164,6 +169,12 @@ def input_digest(proofs: pa.Table) -> str:
     sha.update(np.asarray(received.is_null()).tobytes())
     sha.update(np.asarray(pc.fill_null(received, 0), np.int64).tobytes())
     return sha.hexdigest()
+
+
+# The gates that decide verdicts; storage settings and thread counts do not.
+GATES = ("gps_max_accuracy_m", "clock_drift_ms", "speed_limit_mps", "moratorium_ms", "subdivide_at_clicks")
+# Where ingest found a row ("b.ndjson line 3: ", "row 5: "), in front of its field-rule reason.
+_WHERE = r"^(?:[^:]* )?(?:line|row) \d+: "
 
 
 def _string_bytes(array: pa.Array) -> memoryview:

@@ -51,7 +51,7 @@ def test_each_environment_variable_sets_its_field(env_name, raw, field, expected
     ("CLOCK_DRIFT_MS", "-5"),
     ("PROOF_MORATORIUM_MS", "1e400"),
     ("STEPBATCH_SIGNATURE_THREADS", "-1"),
-    ("STEPBATCH_COMMIT_RETRIES", "many"),
+    ("STEPBATCH_COMMIT_WAIT_S", "forever"),
 ])
 def test_a_value_that_would_break_a_gate_is_refused_naming_the_variable(env_name, raw):
     with pytest.raises(ConfigError, match=f"^{env_name}: expected "):

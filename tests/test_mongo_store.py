@@ -252,7 +252,7 @@ def test_finalize_twice_returns_the_stored_result_and_changes_nothing(mongo_stor
 
 def _finalize_all(uri: str, db_name: str, batches: list[tuple[str, pa.Table]], start_together
                   ) -> dict[str, dict]:
-    config = Config(signature_threads=1, commit_retries=50)
+    config = Config(signature_threads=1)
     with MongoStore(uri, db_name, config=config) as store, Validator(store, config) as validator:
         validator.validate(batches[0][1])  # compiles and warms up everything before the race
         start_together.wait(timeout=300)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 # command name → module under stepbatch.cli; each module defines `register(subparsers)`, which adds
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(format=f"stepbatch {args.command}: %(message)s", level=logging.WARNING)
     from stepbatch.config import ConfigError
     from stepbatch.ingest import ProofSourceError
     from stepbatch.store.base import StoreError

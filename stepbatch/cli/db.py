@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def register(subparsers) -> None:
@@ -34,8 +35,12 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"SecantusDB serving {server.data_dir} (pid {server.pid}, log {server.log_path})")
     print(f"MONGODB_URI={server.uri}", flush=True)
     code = server.serve_forever()
-    print("SecantusDB stopped", flush=True)
-    return 0 if code in (0, None) else 1
+    if code in (0, None):
+        print("SecantusDB stopped", flush=True)
+        return 0
+    reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    print(f"stepbatch db serve: SecantusDB {reason}; its log: {server.log_path}", file=sys.stderr)
+    return 1
 
 
 def _port(text: str) -> int:

@@ -7,6 +7,7 @@ import json
 import pathlib
 import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from stepbatch.cli import UsageError
@@ -81,6 +82,13 @@ def _triangle_ids(path: str) -> list[str]:
     ids = document.get("triangles") if isinstance(document, dict) else document
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise UsageError(f"--triangles {path}: expected a JSON list of triangle ids")
+    from stepbatch.mesh import ids as mesh_ids
+
+    decoded = mesh_ids.decode_ids(ids)
+    if not decoded.valid.all():
+        bad = int(np.flatnonzero(~decoded.valid)[0])
+        raise UsageError(f"--triangles {path}: entry {bad + 1} ({ids[bad][:80]!r}) is not a triangle id: "
+                         f"{decoded.errors[bad].as_py()}")
     return ids
 
 

@@ -161,13 +161,86 @@ def line_spans(block: bytes, first_line: int) -> Lines:
 
 def exact_values(block: bytes, lines: Lines) -> list:
     """The exact reader: `json.loads` per line; a line that is not JSON becomes a `BadLine`."""
-    values = []
-    for start, end in zip(lines.starts.tolist(), lines.ends.tolist()):
-        try:
-            values.append(_DECODER.decode(block[start:end].decode()))
-        except UnicodeDecodeError:
-            values.append(BadLine("not valid UTF-8"))
-        except ValueError as err:
-            values.append(BadLine(f"not valid JSON: {getattr(err, 'msg', err)} "
-                                  f"at column {getattr(err, 'colno', '?')}"))
-    return values
+    return [decode_value(block[start:end]) for start, end in zip(lines.starts.tolist(),
+                                                                   lines.ends.tolist())]
+
+
+def decode_value(raw: bytes):
+    """One JSON value, or a BadLine saying why it is not one that Arrow can hold."""
+    try:
+        value = _DECODER.decode(raw.decode())
+    except UnicodeDecodeError:
+        return BadLine("not valid UTF-8")
+    except RecursionError:
+        return BadLine("not valid JSON: nested too deeply")
+    except ValueError as err:
+        return BadLine(f"not valid JSON: {getattr(err, 'msg', err)} at column {getattr(err, 'colno', '?')}")
+    # JSON may spell a lone UTF-16 surrogate (\ud800), which decodes to no Unicode character.
+    if b"\\u" in raw and has_surrogate(value):
+        return BadLine("not valid JSON text: a \\u escape spells a lone surrogate, which is not a character")
+    return value
+
+
+def has_surrogate(value) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def split_document(text: str) -> list:
+    """The values of a JSON document that `json.loads` cannot take whole (nested too deeply): the
+    elements of a top-level array one by one, each a value or a BadLine, so one deep element is one
+    bad row. A document that is not an array is one value or one BadLine."""
+    text = text.strip()
+    if not text.startswith("["):
+        return [decode_value(text.encode())]
+    values, position = [], 1
+    while True:
+        position = _skip_space(text, position)
+        if position >= len(text) or text[position] == "]":
+            return values
+        end = _value_end(text, position)
+        values.append(decode_value(text[position:end].encode()))
+        position = _skip_space(text, end)
+        if position < len(text) and text[position] == ",":
+            position += 1
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def _value_end(text: str, position: int) -> int:
+    """Where the JSON value starting at `position` ends, by bracket depth outside strings."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(position, len(text)):
+        char = text[i]
+        if in_string:
+            escaped = not escaped and char == "\\"
+            in_string = escaped or char != '"'
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+            if depth < 0:
+                return i
+        elif char == "," and depth == 0:
+            return i
+    return len(text)

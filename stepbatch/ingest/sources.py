@@ -10,8 +10,9 @@ Every input row gives one output row, in input order. A row that breaks a field 
 place with `payload_error` saying why, prefixed by where it came from: "line 17: " for NDJSON
 (1-based; blank lines are counted as lines but are not rows) and "row 5: " for everything else
 (1-based), with the file name first ("b.ndjson line 3: ") when several paths are read together.
-A `payload_error` the source already carries (a table read before) is kept; `ts_ms` and
-`triangle_key` are derived afresh. Python `[]` is an empty batch. A source that cannot be read at
+A `payload_error` is kept only from an in-memory table that stepbatch read before (it names where
+each row came from); from any other source, as `ts_ms` and `triangle_key` always are, it is derived
+afresh, so no input can write its own verdict. Python `[]` is an empty batch. A source that cannot be read at
 all raises `ProofSourceError`.
 
 This module finds and reads the sources; `stepbatch.ingest.ndjson` frames NDJSON into line-numbered rows
@@ -130,7 +131,16 @@ def _as_input(source) -> _Input:
             head = handle.read(65536)
     except OSError as err:
         raise ProofSourceError(f"{path}: cannot read: {err.strerror or err}") from err
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise ProofSourceError(f"{path}: is {kind}-compressed; decompress it first (or write "
+                                   f"Parquet, which compresses inside the file)")
     return _Input(str(path), _SUFFIXES.get(path.suffix.lower()) or _sniff(head, str(path)), path)
+
+
+_NOT_TEXT = ndjson.BadLine("a string holds a lone surrogate, which is not a Unicode character")
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2",
+               b"\xfd7zXZ\x00": "xz"}
 
 
 def _sniff(head: bytes, name: str) -> str:
@@ -139,12 +149,17 @@ def _sniff(head: bytes, name: str) -> str:
     if head.startswith((b"ARROW1", b"\xff\xff\xff\xff")):
         return "ipc"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if b"\r" in text.rstrip(b"\r") and b"\n" not in text:
+        raise ProofSourceError(f"{name}: lines end in a lone CR (\\r); NDJSON lines end in \\n or "
+                               f"\\r\\n, so convert the line endings first")
     if text.startswith(b"{"):
         try:
             json.loads(text.split(b"\n", 1)[0])
-            return "ndjson"
+        except RecursionError:
+            return "ndjson"  # the first line is one whole value, if nested too deeply to read
         except ValueError:
             return "json"
+        return "ndjson"
     if text.startswith(b"["):
         return "json"
     raise ProofSourceError(f"{name}: unknown format (expected JSON, NDJSON, Parquet or Arrow IPC)")
@@ -156,8 +171,10 @@ def _read(item: _Input, batch_rows: int | None, skip: int, named: bool) -> Itera
     try:
         for raw, numbers in _READERS[item.kind](item, batch_rows, skip):
             parts = raw.parts if isinstance(raw, ndjson.Group) else [raw]
-            parsed = proof_table.merge([proof_table.from_objects(part) if isinstance(part, list)
-                                        else proof_table.from_arrow(part) for part in parts])
+            parsed = proof_table.merge([
+                proof_table.from_objects(part) if isinstance(part, list) else proof_table.from_arrow(
+                    part, trusted=item.kind == "table" and proof_table.made_here(part))
+                for part in parts])
             yield proof_table.finish(parsed, numbers, where)
     except (pa.ArrowException, OSError) as err:
         raise ProofSourceError(f"{item.name}: cannot read {item.kind}: {_one_line(err)}") from err
@@ -170,16 +187,27 @@ def _read_rows(item: _Input, batch_rows: int | None, skip: int):
     step = batch_rows or max(len(rows) - start, 1)
     for first in range(start, len(rows), step):
         part = rows[first:first + step]
+        if item.kind == "records":
+            # Python strings can hold lone surrogates, which no UTF-8 column can.
+            part = [_NOT_TEXT if ndjson.has_surrogate(row) else row for row in part]
         yield part, np.arange(first + 1, first + 1 + len(part))
 
 
 def _load_json(item: _Input) -> list:
     with item.open() as handle:
         data = handle.read()
+    text = data.removeprefix(b"\xef\xbb\xbf")
     try:
-        document = json.loads(data.removeprefix(b"\xef\xbb\xbf"))
+        document = json.loads(text)
+    except RecursionError:
+        try:
+            return ndjson.split_document(text.decode())
+        except UnicodeDecodeError as err:
+            raise ProofSourceError(f"{item.name}: not valid UTF-8: {_one_line(err)}") from err
     except ValueError as err:
         raise ProofSourceError(f"{item.name}: not valid JSON: {_one_line(err)}") from err
+    if b"\\u" in text and ndjson.has_surrogate(document):
+        return ndjson.split_document(text.decode())
     if not isinstance(document, (dict, list)):
         raise ProofSourceError(f"{item.name}: expected a JSON object or array, got "
                                f"{describe_json(document)}")

@@ -38,9 +38,13 @@ class Parsed(NamedTuple):
     extras: list[tuple[pa.Field, pa.Array | pa.ChunkedArray]]
 
 
-def from_arrow(raw: pa.Table) -> Parsed:
+def from_arrow(raw: pa.Table, trusted: bool = False) -> Parsed:
     """A flat table, an API-shape one (a struct column `payload`) or, as NDJSON gives it, a mix
-    row by row: a row with a payload takes its signed fields from it."""
+    row by row: a row with a payload takes its signed fields from it.
+
+    Its `payload_error` is kept only when `trusted` (an in-memory table that `finish` made); from any
+    other source a column of that name, like `ts_ms` and `triangle_key`, is derived afresh, so input
+    can never write a verdict."""
     num_rows, names = raw.num_rows, raw.column_names
 
     def column(name):
@@ -60,7 +64,7 @@ def from_arrow(raw: pa.Table) -> Parsed:
                                num_rows)
             columns[field] = api if api_rows == num_rows else \
                 _choose(payload.is_valid(), api, columns[field])
-    prior = column("payload_error")
+    prior = column("payload_error") if trusted else None
     prior = prior.combine_chunks().cast(pa.string()) if prior is not None and (
         pa.types.is_string(prior.type) or pa.types.is_large_string(prior.type)) else None
     consumed = set(PROOF_COLUMNS) | ({"payload"} if payload is not None else set())
@@ -106,16 +110,13 @@ def from_objects(objects: list) -> Parsed:
         values = [s.get(api_key) if api else s.get(field) for s, api in zip(sources, is_api)] \
             if api_key else [top.get(field) for top in tops]
         columns[field] = coerce_json(field, values)
-    prior = [top.get("payload_error") for top in tops]
-    prior_error = pa.array([p if isinstance(p, str) else None for p in prior], pa.string()) \
-        if any(p is not None for p in prior) else None
     # Key order of first appearance; one pass over the few distinct key tuples, not every key.
     extra_names = [key for key in dict.fromkeys(key for keys in dict.fromkeys(map(tuple, tops))
                                                 for key in keys) if key not in _TOP_LEVEL]
     extras = [(pa.field(name, array.type), array) for name in extra_names
               for array in [_extra_column([top.get(name) for top in tops])]]
     return Parsed(columns, pa.array(row_errors, pa.string()) if any(row_errors) else None,
-                   prior_error, extras)
+                   None, extras)
 
 
 def _extra_column(values: list) -> pa.Array:
@@ -176,8 +177,18 @@ def finish(parsed: Parsed, numbers: np.ndarray, where: str) -> pa.Table:
         error = pc.coalesce(parsed.prior_error, error)
     arrays = [parsed.columns[name].values for name in PROOF_COLUMNS[:_SOURCE_COLUMNS]]
     arrays += [checks.ts_ms, checks.triangle_key, error] + [array for _, array in parsed.extras]
-    return pa.Table.from_arrays(
-        arrays, schema=pa.schema(list(PROOF_SCHEMA) + [field for field, _ in parsed.extras]))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(
+        list(PROOF_SCHEMA) + [field for field, _ in parsed.extras], metadata=MADE_HERE))
+
+
+# Schema metadata of the tables `finish` makes. An in-memory table that carries it was read by
+# stepbatch before, so its `payload_error` (which names the line or row it came from) is kept; a file
+# cannot pass its metadata off as that, because only in-memory tables are asked.
+MADE_HERE = {b"stepbatch": b"PROOF_SCHEMA"}
+
+
+def made_here(table: pa.Table) -> bool:
+    return (table.schema.metadata or {}).get(b"stepbatch") == MADE_HERE[b"stepbatch"]
 
 
 def concat(tables: list[pa.Table]) -> pa.Table:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stepbatch.ingest import ProofSourceError, iter_proofs
+from stepbatch.schema import VERDICT_SCHEMA
 from stepbatch.validator import Validator
 
 _BATCH_ID = re.compile(r"@(\d+)\+(\d+)$")
@@ -49,12 +50,16 @@ class ReplayError(RuntimeError):
 
 
 def run_id_of(inputs: Sequence[str]) -> str:
-    """A name for a replay of these files: their names and sizes, so a changed file is a new run."""
-    sha = hashlib.sha256()
+    """A name for a replay of these files, from their content in order: two runs share it only when
+    they read the same bytes, so `--resume` can never skip rows of another input."""
+    sha = hashlib.sha256(f"STEP-REPLAY-v2:{len(inputs)}\n".encode())
     for name in inputs:
-        path = pathlib.Path(name)
-        sha.update(f"{path.name}:{path.stat().st_size if path.exists() else -1}\n".encode())
-    return "replay-" + sha.hexdigest()[:16]
+        file_sha = hashlib.sha256()
+        with open(name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                file_sha.update(block)
+        sha.update(file_sha.digest())
+    return "replay-" + sha.hexdigest()[:24]
 
 
 def resume_row(validator: Validator, run_id: str) -> int:
@@ -74,8 +79,9 @@ def replay(inputs: Sequence[str], validator: Validator, *, out: str | None = Non
     if not inputs:
         raise ProofSourceError("no input files given")
     for name in inputs:
-        if not pathlib.Path(name).is_file():
-            raise ProofSourceError(f"{name}: no such file")
+        path = pathlib.Path(name)
+        if not path.is_file():
+            raise ProofSourceError(f"{name}: {'is a directory' if path.is_dir() else 'no such file'}")
     summary = ReplaySummary(run_id=run_id_of(inputs))
     start = resume_row(validator, summary.run_id) if resume else 0
     summary.resumed_from_row = start
@@ -127,6 +133,9 @@ class _VerdictWriter:
     so that a crash never leaves a truncated file under the final name."""
 
     _CARRIED = ("expected_code", "attack")
+    SCHEMA = VERDICT_SCHEMA.append(pa.field("batch_id", pa.string())).append(
+        pa.field("row", pa.int64())).append(pa.field("batch_seconds", pa.float64())).append(
+        pa.field("expected_code", pa.string())).append(pa.field("attack", pa.string()))
 
     def __init__(self, path: str):
         self.path = pathlib.Path(path)
@@ -143,12 +152,18 @@ class _VerdictWriter:
             column = (proofs.column(name).cast(pa.string()) if name in proofs.column_names
                       else pa.nulls(n, pa.string()))
             table = table.append_column(name, column)
+        self._open().write_table(table.cast(self.SCHEMA))
+
+    def _open(self) -> pq.ParquetWriter:
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.partial, table.schema)
-        self._writer.write_table(table)
+            self._writer = pq.ParquetWriter(self.partial, self.SCHEMA)
+        return self._writer
 
     def close(self, keep: bool = True) -> None:
-        """Move the file into place, or (`keep=False`, a replay that failed) delete it."""
+        """Move the file into place (with the schema and no rows when nothing was replayed), or
+        (`keep=False`, a replay that failed) delete it."""
+        if keep:
+            self._open()
         if self._writer is not None:
             self._writer.close()
             if keep:
