@@ -28,7 +28,6 @@ from stepbatch.verdicts import (
     verdict_digest,
 )
 
-
 log = logging.getLogger("stepbatch")
 _PATIENCE = 3  # conflicts in a row before the wait is announced
 

@@ -85,7 +85,7 @@ def _message_expr(config: Config) -> pl.Expr:
         .when(code == Code.INVALID_PAYLOAD).then(pl.col("payload_error"))
         .when(code == Code.UNSUPPORTED_VERSION).then(
             pl.when(pl.col("version") == "STEP-PROOF-v2").then(pl.lit(_V2_REFUSAL))
-            .otherwise(pl.format("unsupported version '{}': only {} is accepted", pl.col("version"),
+            .otherwise(pl.format("unsupported version '{}': only {} is accepted", _quoted(pl.col("version")),
                                  pl.lit(PROOF_VERSION))))
         .when(code == Code.LOW_GPS_ACCURACY).then(
             pl.format("GPS accuracy {} m is outside (0, {}] m", pl.col("accuracy"),
@@ -116,6 +116,11 @@ def _message_expr(config: Config) -> pl.Expr:
                       pl.lit(config.moratorium_ms)))
         .otherwise(pl.lit("unknown code"))
     )
+
+
+def _quoted(text: pl.Expr, limit: int = 64) -> pl.Expr:
+    """Input echoed in a message, cut to `limit` characters."""
+    return pl.when(text.str.len_chars() > limit).then(text.str.slice(0, limit) + "…").otherwise(text)
 
 
 def _number(x: float) -> str:

@@ -87,10 +87,11 @@ def test_a_missing_or_null_field_is_named(field, how):
     ({"timestamp": "2025-10-05 12:29:33Z"}, "timestamp: expected ISO-8601 "
      "YYYY-MM-DDTHH:MM:SS[.fraction] with Z or ±hh:mm, got '2025-10-05 12:29:33Z'"),
     ({"timestamp": "2025-02-29T00:00:00Z"},
-     "timestamp: no such date or time, got '2025-02-29T00:00:00Z'"),
+     "timestamp: no such date or time in the UTC years 0001-9999, got '2025-02-29T00:00:00Z'"),
     ({"timestamp": 1759667373074}, "timestamp: expected a string, got number 1759667373074"),
     ({"nonce": ""}, "nonce: expected a non-empty string"),
-    ({"nonce": "é" * 129}, "nonce: expected at most 128 characters, got 129"),
+    ({"nonce": "é" * 129}, "nonce: expected at most 128 characters (UTF-16 code units, as JavaScript counts), got 129"),
+    ({"nonce": "😀" * 65}, "nonce: expected at most 128 characters (UTF-16 code units, as JavaScript counts), got 130"),
     ({"nonce": 7}, "nonce: expected a string, got number 7"),
     ({"signature": "0xzz"},
      "signature: expected 65 bytes as 130 hex digits (0x optional), got 4 characters"),

@@ -46,15 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format=f"stepbatch {args.command}: %(message)s", level=logging.WARNING)
     from stepbatch.config import ConfigError
     from stepbatch.ingest import ProofSourceError
-    from stepbatch.store.base import StoreError
+    from stepbatch.store.base import StoreError, brief
 
     try:
         return int(args.func(args) or 0)
     except (UsageError, ProofSourceError, ConfigError) as err:
-        print(f"stepbatch {args.command}: {err}", file=sys.stderr)
+        print(f"stepbatch {args.command}: {brief(err, 1000)}", file=sys.stderr)
         return 2
     except StoreError as err:
-        print(f"stepbatch {args.command}: {err}", file=sys.stderr)
+        print(f"stepbatch {args.command}: {brief(err, 1000)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"stepbatch {args.command}: interrupted", file=sys.stderr)

@@ -81,6 +81,11 @@ def coerce_arrow(field: str, column: pa.Array | pa.ChunkedArray | None, num_rows
         return _coerce_received_at(column)
     if field in STRING_FIELDS and _is_string(kind):
         return Column(column.cast(pa.string()))
+    if field in NUMBER_FIELDS and pa.types.is_floating(kind) and kind != pa.float64():
+        # The phone signed the digits of a double; a narrower float cannot give them back.
+        width = {pa.float16(): "float16", pa.float32(): "float32"}.get(kind, str(kind))
+        return _refused(column, field, f"{_label(field)}: expected a float64 column ({width} keeps too few "
+                                       f"digits to match what was signed), got ")
     if field in NUMBER_FIELDS and (pa.types.is_integer(kind) or pa.types.is_floating(kind)
                                    or pa.types.is_decimal(kind)):
         return Column(column.cast(pa.float64(), safe=False))
@@ -282,10 +287,13 @@ def _check_number(field: str) -> Callable:
 
 
 def _check_nonce(failures: "_Failures", values: pa.Array, present: np.ndarray) -> None:
-    chars = np.asarray(pc.utf8_length(values).fill_null(0), np.int64)
+    # Characters as JavaScript counts them (`nonce.length`, UTF-16 code units), as the original
+    # server and its clients do: a character beyond U+FFFF counts twice.
+    astral = pc.count_substring_regex(values, "[\\x{10000}-\\x{10FFFF}]")
+    chars = np.asarray(pc.add(pc.utf8_length(values), astral).fill_null(0), np.int64)
     failures.add(present & (chars == 0), _constant("nonce: expected a non-empty string"))
     failures.add(present & (chars > NONCE_MAX_CHARS), lambda rows: _join(
-        f"nonce: expected at most {NONCE_MAX_CHARS} characters, got ",
+        f"nonce: expected at most {NONCE_MAX_CHARS} characters (UTF-16 code units, as JavaScript counts), got ",
         pa.array(chars[rows]).cast(pa.string())))
 
 
@@ -294,7 +302,7 @@ def _check_timestamps(failures: "_Failures", values: pa.Array, present: np.ndarr
     failures.add(present & ~well_formed, lambda rows: _join(
         f"timestamp: expected {timestamps.GRAMMAR}, got ", _quoted(values.take(rows))))
     failures.add(present & ~possible, lambda rows: _join(
-        "timestamp: no such date or time, got ", _quoted(values.take(rows))))
+        "timestamp: no such date or time in the UTC years 0001-9999, got ", _quoted(values.take(rows))))
     return ts_ms, well_formed & possible
 
 

@@ -6,8 +6,11 @@ A time (`timestamp`, and `received_at` when it is a string) must match, exactly 
 
 with ASCII digits, an upper-case `T` and `Z`, F of 1 to 9 digits (truncated to milliseconds, not
 rounded), a zone offset of at most 23:59, a calendar date of the proleptic Gregorian calendar
-(years 0000–9999, leap years included), hour ≤ 23, minute ≤ 59 and second ≤ 59 (no leap second).
-Anything else — a space for `T`, a missing zone, `24:00:00`, 2025-02-29 — is refused.
+(leap years included), hour ≤ 23, minute ≤ 59 and second ≤ 59 (no leap second), and, once its
+offset is applied, a UTC time in the years 0001–9999: the range that both BSON dates (Python's
+datetime, which the database driver uses) and ECMAScript `Date` hold, so whatever validation accepts
+can be stored. Anything else — a space for `T`, a missing zone, `24:00:00`, 2025-02-29,
+`0000-12-31T23:59:59Z`, `9999-12-31T23:59:59-01:00` — is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import pyarrow.compute as pc
 
 GRAMMAR = "ISO-8601 YYYY-MM-DDTHH:MM:SS[.fraction] with Z or ±hh:mm"
 _TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+# 0001-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z in epoch milliseconds.
+MIN_MS = -62_135_596_800_000
+MAX_MS = 253_402_300_799_999
 _MONTH_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)
 
 
@@ -79,7 +85,9 @@ def parse_timestamp_parts(strings: pa.Array | pa.ChunkedArray
                       & (zone_minute <= 59))
     seconds = (_days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second
                - zone_sign * (zone_hour * 3_600 + zone_minute * 60))
-    return np.where(ok & possible, seconds * 1000 + millis, 0), ok, possible
+    ms = seconds * 1000 + millis
+    possible &= ~ok | ((ms >= MIN_MS) & (ms <= MAX_MS))
+    return np.where(ok & possible, ms, 0), ok, possible
 
 
 def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:

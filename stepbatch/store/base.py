@@ -21,6 +21,12 @@ class StoreError(RuntimeError):
     """The store cannot do what was asked (unreachable, no transactions, a conflicting batch id)."""
 
 
+def brief(err: Exception, limit: int = 300) -> str:
+    """An error's first line, cut to `limit` characters: a driver error can quote a whole document."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
 class StaleStateError(StoreError):
     """State changed between `load_state` and `commit`: re-validate and retry."""
 

@@ -249,11 +249,28 @@ def _events(outcome: BatchOutcome, accepted: np.ndarray, ts_ms: np.ndarray,
 
 def _rejections(outcome: BatchOutcome, rows: np.ndarray) -> list[dict]:
     verdicts, take = outcome.verdicts, pa.array(rows, pa.int64())
-    columns = zip(rows.tolist(), *(pc.take(verdicts.column(name), take).to_pylist() for name in
-                                   ("account", "nonce", "triangle_id", "code", "message", "speed_mps")))
+    texts = (bounded(pc.take(verdicts.column(name), take)).to_pylist()
+             for name in ("account", "nonce", "triangle_id", "code", "message"))
+    columns = zip(rows.tolist(), *texts, pc.take(verdicts.column("speed_mps"), take).to_pylist())
     return [{"batchId": outcome.batch_id, "index": row, "account": account, "nonce": nonce,
              "triangleId": triangle, "code": code, "message": message, "speedMps": speed}
             for row, account, nonce, triangle, code, message, speed in columns]
+
+
+# A rejected row's text fields are whatever arrived (a 17 MB nonce is a rejection like any other);
+# stored, each is cut to this many characters and marked, so that every batch fits in BSON's 16 MB.
+STORED_TEXT_CHARS = 256
+
+
+def bounded(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Strings longer than STORED_TEXT_CHARS cut there, with `…[cut from N characters]` after them."""
+    lengths = pc.utf8_length(values)
+    long = pc.fill_null(pc.greater(lengths, STORED_TEXT_CHARS), False)
+    if not pc.any(long).as_py():
+        return values
+    cut = pc.binary_join_element_wise(pc.utf8_slice_codeunits(values, 0, STORED_TEXT_CHARS), "…[cut from ",
+                                      pc.cast(lengths, pa.string()), " characters]", "")
+    return pc.if_else(long, cut, values)
 
 
 def _batch_document(outcome: BatchOutcome, now: dt.datetime) -> dict:

@@ -35,6 +35,7 @@ from stepbatch.store.base import (
     StaleStateError,
     StateKeys,
     StoreError,
+    brief,
 )
 from stepbatch.store.embedded import EmbeddedServer
 
@@ -70,7 +71,7 @@ class MongoStore:
             hello = self.client.admin.command("hello")
         except PyMongoError as err:
             self.close()
-            raise StoreError(f"cannot reach MongoDB at {_redacted(uri)}: {err}") from err
+            raise StoreError(f"cannot reach MongoDB at {_redacted(uri)}: {brief(err)}") from err
         except Exception:
             self.close()
             raise
@@ -83,7 +84,7 @@ class MongoStore:
             self.geo_index = ensure_schema(self.db)
         except PyMongoError as err:
             self.close()
-            raise StoreError(f"cannot create the collections and indexes of database {db}: {err}") from err
+            raise StoreError(f"cannot create the collections and indexes of database {db}: {brief(err)}") from err
 
     def add_triangles(self, triangle_ids) -> int:
         """Make these triangles exist (active, 0 clicks); ones that exist are left as they are.
@@ -108,7 +109,7 @@ class MongoStore:
             self._load_triangles(keys.triangles, state)
             self._load_nonces(keys, state)
         except PyMongoError as err:
-            raise StoreError(f"loading state failed: {err}") from err
+            raise StoreError(f"loading state failed: {brief(err)}") from err
         return state
 
     def _find_in(self, collection: str, ids: pa.Array, projection: dict) -> tuple[pa.Array, list[dict]]:
@@ -143,7 +144,7 @@ class MongoStore:
         try:
             state.triangle_state[at] = [documents.STATE_BY_NAME[doc["state"]] for doc in found]
         except KeyError as err:
-            raise StoreError(f"a stored triangle has an unknown state: {err}") from err
+            raise StoreError(f"a stored triangle has an unknown state: {brief(err)}") from err
         state.triangle_clicks[at] = [int(doc.get("clicks", 0)) for doc in found]
 
     def _load_nonces(self, keys: StateKeys, state: PriorState) -> None:
@@ -174,11 +175,11 @@ class MongoStore:
                  "payload.rewardMicro": 1, "payload.clickNumber": 1, "payload.speed": 1}))
             rejections = list(self.db.rejections.find({"batchId": batch_id}, {"_id": 0, "batchId": 0}))
         except PyMongoError as err:
-            raise StoreError(f"reading batch {batch_id} failed: {err}") from err
+            raise StoreError(f"reading batch {batch_id} failed: {brief(err)}") from err
         try:
             verdicts = documents.verdicts_from_documents(batch["rowCount"], clicks, rejections)
         except ValueError as err:
-            raise StoreError(f"batch {batch_id} is incomplete in the store: {err}") from err
+            raise StoreError(f"batch {batch_id} is incomplete in the store: {brief(err)}") from err
         return CommittedBatch(batch_id=batch_id, digest=batch["digest"], input_digest=batch["inputDigest"],
                               counts=dict(batch["counts"]), verdicts=verdicts)
 
@@ -208,7 +209,7 @@ class MongoStore:
             except PyMongoError as err:
                 if _is_duplicate_key(err):
                     raise StaleStateError(
-                        f"batch {outcome.batch_id}: a key it writes was written meanwhile ({err})") from err
+                        f"batch {outcome.batch_id}: a key it writes was written meanwhile ({brief(err)})") from err
                 if err.has_error_label("TransientTransactionError"):
                     if attempt + 1 < TRANSIENT_RETRIES:
                         # A write conflict: another transaction holds one of our documents. Give it
@@ -216,9 +217,9 @@ class MongoStore:
                         time.sleep(random.uniform(0.5, 1.0) * 0.05 * 2 ** attempt)
                         continue
                     raise StaleStateError(f"batch {outcome.batch_id}: kept conflicting with "
-                                          f"concurrent writers ({err})") from err
+                                          f"concurrent writers ({brief(err)})") from err
                 raise StoreError(f"commit of batch {outcome.batch_id} failed and was rolled back: "
-                                 f"{err}") from err
+                                 f"{brief(err)}") from err
 
     def _write(self, plan: documents.CommitPlan, session) -> None:
         db = self.db
@@ -294,7 +295,7 @@ def translated_errors(what: str):
     try:
         yield
     except PyMongoError as err:
-        raise StoreError(f"{what} failed: {err}") from err
+        raise StoreError(f"{what} failed: {brief(err)}") from err
 
 
 def insert_new(collection, docs: list[dict]) -> tuple[int, int]:
