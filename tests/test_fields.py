@@ -186,12 +186,19 @@ def test_a_non_string_column_where_a_string_belongs_names_its_arrow_type():
 
 
 @pytest.mark.parametrize("column", [
-    pa.array([10, 20], pa.int16()), pa.array([10, 20], pa.uint64()), pa.array([10, 20], pa.float32()),
-    pa.array([10, 20], pa.decimal128(5, 1)),
+    pa.array([10, 20], pa.int16()), pa.array([10, 20], pa.uint64()), pa.array([10, 20], pa.decimal128(5, 1)),
 ])
-def test_any_numeric_column_is_numbers(column):
+def test_any_exact_numeric_column_is_numbers(column):
     coerced = coerce_arrow("accuracy", column, 2)
     assert coerced.type_error is None and coerced.values.to_pylist() == [10.0, 20.0]
+
+
+@pytest.mark.parametrize("kind", [pa.float16(), pa.float32()])
+def test_a_float_narrower_than_what_was_signed_is_refused(kind):
+    column = pa.array([10, 20], pa.float32()).cast(kind)
+    assert arrow_error("accuracy", column) == [
+        f"accuracy: expected a float64 column ({'float16' if kind == pa.float16() else 'float32'} keeps "
+        f"too few digits to match what was signed), got number {v}" for v in ("10", "20")]
 
 
 @pytest.mark.parametrize("column", [

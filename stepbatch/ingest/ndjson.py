@@ -137,7 +137,20 @@ class Reader:
                                      read_options=self._read, parse_options=self._parse)
         except pa.ArrowInvalid:
             return None
-        return table if table.num_rows == len(lines.starts) else None
+        if table.num_rows != len(lines.starts) or not self._inferred_columns_valid(table):
+            return None
+        return table
+
+    def _inferred_columns_valid(self, table: pa.Table) -> bool:
+        """pyarrow's JSON reader can infer a column it then builds wrongly (a list of nulls, say,
+        whose offsets run past its values); such lines are read the exact way instead."""
+        for name in table.column_names:
+            if self._parse.explicit_schema.get_field_index(name) < 0:
+                try:
+                    table.column(name).validate(full=True)
+                except pa.ArrowInvalid:
+                    return False
+        return True
 
 
 def line_spans(block: bytes, first_line: int) -> Lines:

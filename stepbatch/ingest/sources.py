@@ -149,8 +149,6 @@ def _sniff(head: bytes, name: str) -> str:
     if head.startswith((b"ARROW1", b"\xff\xff\xff\xff")):
         return "ipc"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if not text:
-        return "ndjson"  # no lines: an empty batch
     if b"\r" in text.rstrip(b"\r") and b"\n" not in text:
         raise ProofSourceError(f"{name}: lines end in a lone CR (\\r); NDJSON lines end in \\n or "
                                f"\\r\\n, so convert the line endings first")
