@@ -131,6 +131,13 @@ def keys_valid(keys, out_valid):
 
 
 @parallel_kernel
+def faces_of_keys(keys, out_faces):
+    """out_faces[i] = face (0..19) of keys[i]."""
+    for i in numba.prange(keys.shape[0]):
+        out_faces[i] = key_face(keys[i])
+
+
+@parallel_kernel
 def levels_of_keys(keys, out_levels):
     """out_levels[i] = level of keys[i] (1..21), 0 for an invalid key."""
     for i in numba.prange(keys.shape[0]):

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     from stepbatch.cli.gen import write_traffic
     from stepbatch.config import Config
-    from stepbatch.store.mongo import MongoStore, ensure_schema
+    from stepbatch.store.database import ensure_schema
+    from stepbatch.store.mongo import MongoStore
     from stepbatch.tools import gen
     from stepbatch.tools.replay import ProgressBar, print_summary, replay
     from stepbatch.tools.report import build_report, format_report

@@ -29,6 +29,11 @@ def keys_valid(keys) -> np.ndarray:
     return _per_key(kmesh.keys_valid, keys, dtype=np.bool_)
 
 
+def key_faces(keys) -> np.ndarray:
+    """Face (0..19) of each key."""
+    return _per_key(kmesh.faces_of_keys, keys, dtype=np.int64)
+
+
 def key_levels(keys) -> np.ndarray:
     """Level (1..21) of each key; 0 for invalid keys."""
     return _per_key(kmesh.levels_of_keys, keys, dtype=np.int64)

@@ -54,6 +54,7 @@ class PriorState:
     triangle_state: np.ndarray  # int8 TriangleState, MISSING (-1) when the store has no such triangle
     triangle_clicks: np.ndarray  # int64
     nonce_used: np.ndarray  # bool: an accepted proof already used this (account, nonce)
+    seq: int | None = None  # the store's commit sequence number this state was read at, if it has one
 
     @classmethod
     def empty(cls, keys: StateKeys) -> "PriorState":
@@ -72,7 +73,8 @@ class PriorState:
         )
 
     def copy(self) -> "PriorState":
-        return PriorState(**{f.name: getattr(self, f.name).copy() for f in dataclasses.fields(self)})
+        return PriorState(**{f.name: getattr(self, f.name).copy() for f in dataclasses.fields(self)
+                             if f.name != "seq"}, seq=self.seq)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,3 +125,6 @@ class Store(Protocol):
 
     def commit(self, outcome: BatchOutcome) -> None:
         """Apply the outcome atomically, guarded on `outcome.prior`; raise StaleStateError if it moved."""
+
+    def accepted_count(self) -> int:
+        """Accepted proofs the store holds."""

@@ -83,6 +83,11 @@ class MemoryStore:
                                              in pairs), np.bool_, len(keys.nonces))
         return state
 
+    def accepted_count(self) -> int:
+        """Accepted proofs the store holds: the sum of its accounts' proof counts."""
+        with self._lock:
+            return sum(account.proof_count for account in self.accounts.values())
+
     def committed(self, batch_id: str) -> CommittedBatch | None:
         with self._lock:
             stored = self.batches.get(batch_id)

@@ -1,17 +1,19 @@
-"""The MongoDB store of SPEC §5: state lookups in a few round trips, one transaction per batch.
+"""The MongoDB store (SPEC §5): state through a write-through cache, one transaction per batch.
 
-This module and `embedded` are the only ones that talk to pymongo; its errors are re-raised here as
-`StoreError` (or `StaleStateError` when another writer moved the state a batch was validated
-against), with the driver's error chained.
+A batch's prior state comes from the cache (`stepbatch.store.cache`) where it holds the keys, and
+from `_id` queries for the rest. Its commit is one transaction that first advances the database's
+commit sequence number, guarded on the number the batch was validated at: if any other writer
+committed in between, the guard fails, the cache is emptied and the validator re-validates against
+fresh state (`StaleStateError`). The layout of what it writes is `stepbatch.store.layout`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import random
 import re
+import threading
 import time
 
 import numpy as np
@@ -20,23 +22,15 @@ import pyarrow.compute as pc
 import pymongo
 from bson.codec_options import CodecOptions, DatetimeConversion
 from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
-from stepbatch import mesh
 from stepbatch.config import Config
 from stepbatch.mesh import ids as mesh_ids
 from stepbatch.mesh import keys as mesh_keys
-from stepbatch.mesh import levels as mesh_levels
-from stepbatch.store import documents
-from stepbatch.store.base import (
-    BatchOutcome,
-    CommittedBatch,
-    PriorState,
-    StaleStateError,
-    StateKeys,
-    StoreError,
-    brief,
-)
+from stepbatch.protocol import TriangleState
+from stepbatch.store import database, documents, layout
+from stepbatch.store.base import BatchOutcome, CommittedBatch, PriorState, StaleStateError, StateKeys, StoreError, brief
+from stepbatch.store.cache import StateCache, nonce_hashes
 from stepbatch.store.embedded import EmbeddedServer
 
 # Keys per `{_id: {$in: [...]}}` query. SecantusDB re-applies `$in` linearly to every matched
@@ -45,8 +39,10 @@ from stepbatch.store.embedded import EmbeddedServer
 # cores, best of 3): chunks of 10 / 20 / 40 / 60 / 100 / 150 / 250 ids took
 # 77 / 59 / 58 / 64 / 80 / 105 / 153 µs per id.
 IN_CHUNK = 40
+# Documents per insert command: a client that dies mid-commit leaves the server at most one such
+# command to finish, not a whole batch.
+WRITE_CHUNK = 5_000
 TRANSIENT_RETRIES = 5
-DUPLICATE_KEY = 11000
 
 _REPLICA_SET_HOWTO = (
     "MongoDB transactions need a replica set: start mongod with --replSet rs0, run rs.initiate() once "
@@ -57,7 +53,8 @@ class MongoStore:
     """State in MongoDB. `uri=None` → `$MONGODB_URI` → else the embedded SecantusDB server, which the
     store then owns and stops on `close()`. `db` is the database name (SPEC §5: `step`)."""
 
-    def __init__(self, uri: str | None = None, db: str = "step", config: Config | None = None):
+    def __init__(self, uri: str | None = None, db: str = "step", config: Config | None = None,
+                 cache: StateCache | None = None):
         self.config = config or Config.from_env()
         uri = uri or os.environ.get("MONGODB_URI") or self.config.mongodb_uri
         self.server: EmbeddedServer | None = None
@@ -71,7 +68,7 @@ class MongoStore:
             hello = self.client.admin.command("hello")
         except PyMongoError as err:
             self.close()
-            raise StoreError(f"cannot reach MongoDB at {_redacted(uri)}: {brief(err)}") from err
+            raise StoreError(f"cannot reach MongoDB at {database.redacted(uri)}: {brief(err)}") from err
         except Exception:
             self.close()
             raise
@@ -80,11 +77,19 @@ class MongoStore:
         self.db = self.client[db]
         self._state_db = self.client.get_database(db, codec_options=CodecOptions(
             tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_MS))
+        self.cache = cache or StateCache()
+        self._lock = threading.RLock()
+        # Batches whose outcome is in the cache ahead of their commit → the nonce ids they use.
+        self._staged: dict[str, set[str]] = {}
+        self._seeded: set[int] | None = None
         try:
-            self.geo_index = ensure_schema(self.db)
+            self.geo_index = database.ensure_schema(self.db)
         except PyMongoError as err:
             self.close()
             raise StoreError(f"cannot create the collections and indexes of database {db}: {brief(err)}") from err
+        except StoreError:
+            self.close()
+            raise
 
     def add_triangles(self, triangle_ids) -> int:
         """Make these triangles exist (active, 0 clicks); ones that exist are left as they are.
@@ -92,92 +97,121 @@ class MongoStore:
         keys = np.array([mesh_ids.key_of(triangle_id) for triangle_id in triangle_ids], np.int64)
         now = dt.datetime.now(dt.timezone.utc)
         inserted = 0
-        with translated_errors("adding triangles"):
-            for start in range(0, len(keys), 5_000):
-                docs = documents.triangle_documents(keys[start:start + 5_000], now)
-                inserted += insert_new(self.db.triangles, docs)[0]
+        with database.translated_errors("adding triangles"):
+            for start in range(0, len(keys), WRITE_CHUNK):
+                docs = documents.triangle_documents(keys[start:start + WRITE_CHUNK], now)
+                inserted += database.insert_new(self.db.triangles, docs)[0]
+            if inserted:
+                database.record_seeding(self.db, _levels(keys))
         return inserted
 
     # ------------------------------------------------------------------------------- reads
 
     def load_state(self, keys: StateKeys) -> PriorState:
-        """Prior state in one `_id` query per IN_CHUNK keys of each kind (accounts, triangles, then
-        the nonce pairs of accounts the store already holds), each with a projection."""
-        state = PriorState.empty(keys)
+        """Prior state from the cache, and from one `_id` query per IN_CHUNK keys it lacks."""
         try:
-            self._load_accounts(keys.accounts, state)
-            self._load_triangles(keys.triangles, state)
-            self._load_nonces(keys, state)
+            with self._lock:
+                seq = database.read_seq(self._state_db)
+                if self.cache.seq is None or not (seq <= self.cache.seq <= seq + len(self._staged)):
+                    self.cache.clear(seq)
+                    self._seeded = None
+                state = PriorState.empty(keys)
+                state.seq = self.cache.seq
+                self._fill_accounts(keys.accounts.to_pylist(), state)
+                self._fill_triangles(keys.triangles.to_pylist(), state)
+                self._fill_nonces(keys, state)
         except PyMongoError as err:
             raise StoreError(f"loading state failed: {brief(err)}") from err
         return state
 
-    def _find_in(self, collection: str, ids: pa.Array, projection: dict) -> tuple[pa.Array, list[dict]]:
-        """Documents whose _id is in `ids`, chunked (see IN_CHUNK), and their _ids as an Arrow array."""
-        values = ids.to_pylist()
+    def _fill_accounts(self, addresses: list[str], state: PriorState) -> None:
+        cache, missing = self.cache, []
+        for i, address in enumerate(addresses):
+            entry = cache.account(address)
+            if entry is None:
+                missing.append(i)
+            else:
+                _set_account(state, i, entry)
+        if not missing:
+            return
+        found = {doc["_id"]: doc for doc in self._find_in(
+            "accounts", [addresses[i] for i in missing], {"balanceMicro": 1, "proofCount": 1, "lastProof": 1})}
+        for i in missing:
+            doc = found.get(addresses[i])
+            entry = _account_entry(doc)
+            used = self._used_nonces(addresses[i]) if entry[1] > 0 else np.zeros(0, np.uint64)
+            cache.put_account(addresses[i], entry, used)
+            _set_account(state, i, entry)
+
+    def _used_nonces(self, address: str) -> np.ndarray:
+        """Hashes of every nonce the account's accepted proofs used: one `_id` range scan."""
+        prefix = layout.nonce_id(address, "")
+        ids = [doc["_id"] for doc in self._state_db.nonces.find(
+            {"_id": {"$gte": prefix, "$lt": prefix[:-1] + ";"}}, {"_id": 1})]
+        return nonce_hashes(address, [value[len(prefix):] for value in ids])
+
+    def _fill_triangles(self, triangle_ids: list[str], state: PriorState) -> None:
+        cache, missing = self.cache, []
+        for i, triangle_id in enumerate(triangle_ids):
+            entry = cache.triangle(triangle_id)
+            if entry is None:
+                missing.append(i)
+            else:
+                state.triangle_state[i], state.triangle_clicks[i] = entry
+        if not missing:
+            return
+        found = {doc["_id"]: doc for doc in self._find_in(
+            "triangles", [triangle_ids[i] for i in missing], {"state": 1, "clicks": 1})}
+        for i in missing:
+            doc = found.get(triangle_ids[i])
+            try:
+                entry = ((documents.STATE_BY_NAME[doc["state"]], int(doc.get("clicks", 0))) if doc
+                         else (int(TriangleState.MISSING), 0))
+            except KeyError as err:
+                raise StoreError(f"triangle {triangle_ids[i]} has an unknown state: {brief(err)}") from err
+            cache.put_triangle(triangle_ids[i], entry)
+            state.triangle_state[i], state.triangle_clicks[i] = entry
+
+    def _fill_nonces(self, keys: StateKeys, state: PriorState) -> None:
+        """Every batch account is cached with all its used nonces by now, so a nonce missing from its
+        hashes is unused; a hit is confirmed by `_id` (it is a replay, or rarely a hash collision)."""
+        if len(keys.nonces) == 0:
+            return
+        encoded = pc.dictionary_encode(keys.nonce_accounts)
+        owners, owner_of = encoded.dictionary.to_pylist(), encoded.indices.to_numpy()
+        nonces = keys.nonces.to_pylist()
+        order = np.argsort(owner_of, kind="stable")
+        bounds = np.searchsorted(owner_of[order], np.arange(len(owners) + 1))
+        candidates = []
+        for k, owner in enumerate(owners):
+            rows = order[bounds[k]:bounds[k + 1]]
+            hits = self.cache.maybe_used(owner, nonce_hashes(owner, [nonces[r] for r in rows]))
+            candidates.extend(rows[hits].tolist())
+        if candidates:
+            ids = [layout.nonce_id(keys.nonce_accounts[r].as_py(), nonces[r]) for r in candidates]
+            used = {doc["_id"] for doc in self._find_in("nonces", ids, {"_id": 1})}
+            used.update(*self._staged.values())  # used by batches not committed yet
+            state.nonce_used[[r for r, value in zip(candidates, ids) if value in used]] = True
+
+    def _find_in(self, collection: str, ids: list, projection: dict) -> list[dict]:
+        """Documents whose _id is in `ids`, chunked (see IN_CHUNK)."""
         found: list[dict] = []
         coll = self._state_db[collection]
-        for start in range(0, len(values), IN_CHUNK):
-            found.extend(coll.find({"_id": {"$in": values[start:start + IN_CHUNK]}}, projection))
-        return pa.array([doc["_id"] for doc in found], pa.string()), found
-
-    def _load_accounts(self, accounts: pa.Array, state: PriorState) -> None:
-        found_ids, found = self._find_in("accounts", accounts,
-                                         {"balanceMicro": 1, "proofCount": 1, "lastProof": 1})
-        if not found:
-            return
-        at = _positions(found_ids, accounts)
-        state.account_balance_micro[at] = [int(doc.get("balanceMicro", 0)) for doc in found]
-        state.account_proof_count[at] = [int(doc.get("proofCount", 0)) for doc in found]
-        last = [doc.get("lastProof") or {} for doc in found]
-        has_last = np.array(["ts" in proof for proof in last], bool)
-        state.account_has_last[at] = has_last
-        state.account_last_lat[at] = [float(proof.get("lat", 0.0)) for proof in last]
-        state.account_last_lon[at] = [float(proof.get("lon", 0.0)) for proof in last]
-        state.account_last_ts_ms[at] = [int(proof["ts"]) if "ts" in proof else 0 for proof in last]
-
-    def _load_triangles(self, triangles: pa.Array, state: PriorState) -> None:
-        found_ids, found = self._find_in("triangles", triangles, {"state": 1, "clicks": 1})
-        if not found:
-            return
-        at = _positions(found_ids, triangles)
-        try:
-            state.triangle_state[at] = [documents.STATE_BY_NAME[doc["state"]] for doc in found]
-        except KeyError as err:
-            raise StoreError(f"a stored triangle has an unknown state: {brief(err)}") from err
-        state.triangle_clicks[at] = [int(doc.get("clicks", 0)) for doc in found]
-
-    def _load_nonces(self, keys: StateKeys, state: PriorState) -> None:
-        """Only accounts with an accepted proof can have used a nonce; an account the store does not
-        hold yet is inserted, not updated, at commit, so a concurrent first proof still conflicts."""
-        known = pa.array(np.flatnonzero(state.account_proof_count > 0), pa.int64())
-        if len(known) == 0 or len(keys.nonces) == 0:
-            return
-        candidates = np.flatnonzero(pc.is_in(keys.nonce_accounts, pc.take(keys.accounts, known))
-                                    .to_numpy(zero_copy_only=False))
-        if candidates.size == 0:
-            return
-        take = pa.array(candidates, pa.int64())
-        event_ids = pc.binary_join_element_wise(pc.take(keys.nonce_accounts, take),
-                                                pc.take(keys.nonces, take), ":")
-        found_ids, _ = self._find_in("triangle_events", event_ids, {"_id": 1})
-        if len(found_ids):
-            state.nonce_used[candidates[_positions(found_ids, event_ids)]] = True
+        for start in range(0, len(ids), IN_CHUNK):
+            found.extend(coll.find({"_id": {"$in": ids[start:start + IN_CHUNK]}}, projection))
+        return found
 
     def committed(self, batch_id: str) -> CommittedBatch | None:
         try:
             batch = self.db.batches.find_one({"_id": batch_id})
             if batch is None:
                 return None
-            clicks = list(self.db.triangle_events.find(
-                {"batchId": batch_id, "eventType": "click"},
-                {"batchIndex": 1, "account": 1, "nonce": 1, "triangleId": 1, "message": 1,
-                 "payload.rewardMicro": 1, "payload.clickNumber": 1, "payload.speed": 1}))
-            rejections = list(self.db.rejections.find({"batchId": batch_id}, {"_id": 0, "batchId": 0}))
+            chunks = list(self.db.verdicts.find({"_id": {"$gte": f"{batch_id}#", "$lt": f"{batch_id}$"}})
+                          .sort("_id", 1))
         except PyMongoError as err:
             raise StoreError(f"reading batch {batch_id} failed: {brief(err)}") from err
         try:
-            verdicts = documents.verdicts_from_documents(batch["rowCount"], clicks, rejections)
+            verdicts = layout.verdicts_of(chunks, batch["rowCount"])
         except ValueError as err:
             raise StoreError(f"batch {batch_id} is incomplete in the store: {brief(err)}") from err
         return CommittedBatch(batch_id=batch_id, digest=batch["digest"], input_digest=batch["inputDigest"],
@@ -186,58 +220,155 @@ class MongoStore:
     def batch_ids(self, prefix: str) -> list[str]:
         """Ids of the committed batches that start with `prefix`, read from the `_id` index (an
         anchored regex on a literal prefix is a range scan)."""
-        with translated_errors(f"listing batches {prefix}*"):
+        with database.translated_errors(f"listing batches {prefix}*"):
             return [doc["_id"] for doc in self.db.batches.find(
                 {"_id": {"$regex": "^" + re.escape(prefix)}}, {"_id": 1})]
 
+    def accepted_count(self) -> int:
+        """Accepted proofs the database holds: one used nonce each."""
+        with database.translated_errors("counting accepted proofs"):
+            return int(self.db.nonces.count_documents({}))
+
+    def history(self, account: str, limit: int = 50, before_seq: int | None = None) -> pa.Table:
+        """The account's proofs, accepted and rejected, newest first: `layout.STORED_SCHEMA` rows
+        with the batch id and its commit sequence number in front. One query on `verdicts.accounts`."""
+        account = account.lower()
+        query = {"accounts": account}
+        if before_seq is not None:
+            query["seq"] = {"$lt": before_seq}
+        tables = []
+        with database.translated_errors(f"reading the history of {account}"):
+            for chunk in self.db.verdicts.find(query).sort([("seq", -1), ("_id", -1)]):
+                rows = layout.chunk_table(chunk)
+                rows = rows.filter(pc.equal(rows.column("account_key"), account))
+                rows = rows.add_column(0, "seq", pa.array([int(chunk["seq"])] * rows.num_rows, pa.int64()))
+                tables.append(rows.add_column(0, "batch_id", pa.array([chunk["batchId"]] * rows.num_rows)))
+                if sum(t.num_rows for t in tables) >= limit:
+                    break
+        if not tables:
+            return pa.table({"batch_id": pa.array([], pa.string()), "seq": pa.array([], pa.int64()),
+                             **{f.name: pa.array([], f.type) for f in layout.STORED_SCHEMA}})
+        table = pa.concat_tables(tables)
+        order = pc.sort_indices(table, [("seq", "descending"), ("index", "descending")])
+        return table.take(order).slice(0, limit)
+
     # ------------------------------------------------------------------------------ commit
 
+    def stage(self, outcome: BatchOutcome) -> None:
+        """Put the batch's effects in the cache ahead of its commit, so the next batch validates
+        against the state after it while it commits (see `stepbatch.pipeline`)."""
+        created = self._children_to_insert(layout.unnamed_children(outcome))
+        nonces = {doc["_id"] for doc in layout.nonce_documents(outcome)}
+        with self._lock:
+            self._apply_to_cache(outcome)
+            for child in created:
+                self.cache.put_triangle(child, (int(TriangleState.ACTIVE), 0))
+            self._staged[outcome.batch_id] = nonces
+
+    def discard_staged(self) -> None:
+        """Forget every staged outcome (and so the cache): their commits will not happen."""
+        with self._lock:
+            self._staged.clear()
+            self.cache.clear()
+
     def commit(self, outcome: BatchOutcome) -> None:
-        """Write the outcome in one transaction; StaleStateError if a guard finds the state moved."""
+        """Write the outcome in one transaction; StaleStateError if another writer committed since
+        the batch's state was loaded (or wrote one of its keys)."""
         if not self.transactions:
             raise StoreError(f"cannot commit batch {outcome.batch_id}: the server does not support "
                              f"transactions. {_REPLICA_SET_HOWTO}")
-        plan = documents.plan_commit(outcome, dt.datetime.now(dt.timezone.utc))
+        seq = outcome.prior.seq
+        if seq is None:
+            raise StoreError(f"batch {outcome.batch_id} was not validated against this store")
+        plan = layout.plan_commit(outcome, seq + 1, dt.datetime.now(dt.timezone.utc))
+        try:
+            children = self._children_to_insert(plan.children)
+            self._transact(outcome.batch_id, seq, plan, children)
+        except BaseException:
+            self.discard_staged()
+            raise
+        with self._lock:
+            if self._staged.pop(outcome.batch_id, None) is None:
+                self._apply_to_cache(outcome)
+                for child in children:
+                    self.cache.put_triangle(child, (int(TriangleState.ACTIVE), 0))
+
+    def _transact(self, batch_id: str, seq: int, plan: layout.CommitPlan, children: list[str]) -> None:
         for attempt in range(TRANSIENT_RETRIES):
             try:
                 with self.client.start_session() as session:
                     with session.start_transaction():
-                        self._write(plan, session)
+                        self._write(seq, plan, children, session)
                 return
             except StaleStateError:
                 raise
             except PyMongoError as err:
-                if _is_duplicate_key(err):
-                    raise StaleStateError(
-                        f"batch {outcome.batch_id}: a key it writes was written meanwhile ({brief(err)})") from err
+                if database.is_duplicate_key(err):
+                    raise StaleStateError(f"batch {batch_id}: a key it writes was written meanwhile "
+                                          f"({brief(err)})") from err
                 if err.has_error_label("TransientTransactionError"):
                     if attempt + 1 < TRANSIENT_RETRIES:
                         # A write conflict: another transaction holds one of our documents. Give it
-                        # time to finish; our guards then tell whether what it wrote matters to us.
+                        # time to finish; the sequence guard then tells whether it committed.
                         time.sleep(random.uniform(0.5, 1.0) * 0.05 * 2 ** attempt)
                         continue
-                    raise StaleStateError(f"batch {outcome.batch_id}: kept conflicting with "
-                                          f"concurrent writers ({brief(err)})") from err
-                raise StoreError(f"commit of batch {outcome.batch_id} failed and was rolled back: "
-                                 f"{brief(err)}") from err
+                    raise StaleStateError(f"batch {batch_id}: kept conflicting with concurrent "
+                                          f"writers ({brief(err)})") from err
+                raise StoreError(f"commit of batch {batch_id} failed and was rolled back: {brief(err)}") from err
 
-    def _write(self, plan: documents.CommitPlan, session) -> None:
+    def _write(self, seq: int, plan: layout.CommitPlan, children: list[str], session) -> None:
         db = self.db
-        # The batch record goes first: a concurrent commit of the same batch id fails at once.
+        # The sequence number first: a concurrent writer conflicts here, before any other write.
+        if not database.advance_seq(db, seq, session):
+            raise StaleStateError(f"batch {plan.batch['_id']}: another writer committed since its state "
+                                  f"was loaded")
         db.batches.insert_one(plan.batch, session=session)
-        _guarded_updates(db.triangles, plan.triangle_updates, "triangles", session)
+        _insert(db.nonces, plan.nonces, session)
+        _insert(db.verdicts, plan.chunks, session)
+        _insert(db.accounts, plan.account_inserts, session)
         _guarded_updates(db.accounts, plan.account_updates, "accounts", session)
-        if plan.account_inserts:
-            db.accounts.insert_many(plan.account_inserts, ordered=False, session=session)
-        if plan.triangle_inserts:
-            db.triangles.insert_many(plan.triangle_inserts, ordered=False, session=session)
-        if plan.children_upserts:
-            db.triangles.bulk_write([UpdateOne(*op, upsert=True) for op in plan.children_upserts],
-                                    ordered=False, session=session)
-        if plan.events:
-            db.triangle_events.insert_many(plan.events, ordered=False, session=session)
-        if plan.rejections:
-            db.rejections.insert_many(plan.rejections, ordered=False, session=session)
+        now = plan.batch["committedAt"]
+        new = plan.triangle_inserts + (documents.triangle_documents(mesh_ids.decode_ids(children).keys, now)
+                                       if children else [])
+        _insert(db.triangles, new, session)
+        _guarded_updates(db.triangles, plan.triangle_updates, "triangles", session)
+
+    def _children_to_insert(self, children: list[str]) -> list[str]:
+        """The children of this batch's subdivisions that have no document yet. Only seeding creates
+        triangles other than by subdivision, and a triangle subdivides once, so a child can exist
+        only where its level was seeded; only those are looked up."""
+        if not children:
+            return []
+        if self._seeded is None:
+            self._seeded = database.seeded_levels(self._state_db)
+        levels = _levels(mesh_ids.decode_ids(children).keys)
+        maybe = [child for child, level in zip(children, levels) if level in self._seeded]
+        if not maybe:
+            return children
+        existing = {doc["_id"] for doc in self._find_in("triangles", maybe, {"_id": 1})}
+        return [child for child in children if child not in existing]
+
+    def _apply_to_cache(self, outcome: BatchOutcome) -> None:
+        final, keys, cache = outcome.final, outcome.keys, self.cache
+        new = outcome.prior.account_proof_count == 0
+        for i, address in enumerate(keys.accounts.to_pylist()):
+            cache.put_account(address, (int(final.account_balance_micro[i]), int(final.account_proof_count[i]),
+                                        bool(final.account_has_last[i]), float(final.account_last_lat[i]),
+                                        float(final.account_last_lon[i]), int(final.account_last_ts_ms[i])),
+                              np.zeros(0, np.uint64) if new[i] else None)
+        for triangle_id, state, clicks in zip(keys.triangles.to_pylist(), final.triangle_state.tolist(),
+                                              final.triangle_clicks.tolist()):
+            cache.put_triangle(triangle_id, (state, clicks))
+        used = np.flatnonzero(final.nonce_used & ~outcome.prior.nonce_used)
+        if len(used):
+            owners = pc.take(keys.nonce_accounts, pa.array(used, pa.int64())).to_pylist()
+            nonces = pc.take(keys.nonces, pa.array(used, pa.int64())).to_pylist()
+            by_owner: dict[str, list[str]] = {}
+            for owner, nonce in zip(owners, nonces):
+                by_owner.setdefault(owner, []).append(nonce)
+            for owner, owned in by_owner.items():
+                cache.add_nonces(owner, nonce_hashes(owner, owned))
+        cache.seq = outcome.prior.seq + 1
 
     # --------------------------------------------------------------------------- lifetime
 
@@ -258,7 +389,7 @@ class MongoStore:
 
 def _guarded_updates(collection, updates: list, what: str, session) -> None:
     """Apply (filter, update) pairs whose filters hold the state the batch was validated against;
-    any that no longer matches means another writer moved it."""
+    any that no longer matches means a writer outside the sequence protocol moved it."""
     if not updates:
         return
     result = collection.bulk_write([UpdateOne(*op) for op in updates], ordered=False, session=session)
@@ -267,100 +398,23 @@ def _guarded_updates(collection, updates: list, what: str, session) -> None:
                               f"since its state was loaded")
 
 
-def ensure_schema(db) -> bool:
-    """Create SPEC §5's indexes (idempotent); whether triangles.polygon has its 2dsphere index, which
-    it gets only where the server's geo queries are exact (see geo_lookup_is_exact)."""
-    db.triangles.create_index("parentId")
-    db.triangles.create_index("level")
-    db.triangles.create_index("state")
-    # Subdivide events carry no nonce, so uniqueness covers click events only.
-    db.triangle_events.create_index([("account", 1), ("nonce", 1)], unique=True,
-                                    partialFilterExpression={"eventType": "click"},
-                                    name="account_nonce_unique")
-    db.triangle_events.create_index([("batchId", 1), ("batchIndex", 1)])
-    db.triangle_events.create_index("triangleId")
-    db.rejections.create_index([("batchId", 1), ("index", 1)], unique=True)
-    if not geo_lookup_is_exact(db):
-        return False
-    try:
-        db.triangles.create_index([("polygon", "2dsphere")])
-    except OperationFailure:
-        return False
-    return True
+def _insert(collection, docs: list[dict], session) -> None:
+    for start in range(0, len(docs), WRITE_CHUNK):
+        collection.insert_many(docs[start:start + WRITE_CHUNK], ordered=False, session=session)
 
 
-@contextlib.contextmanager
-def translated_errors(what: str):
-    """Re-raise driver errors inside the block as one StoreError saying what failed."""
-    try:
-        yield
-    except PyMongoError as err:
-        raise StoreError(f"{what} failed: {brief(err)}") from err
+def _levels(keys: np.ndarray) -> list[int]:
+    return mesh_keys.key_levels(keys).tolist()
 
 
-def insert_new(collection, docs: list[dict]) -> tuple[int, int]:
-    """insert_many(ordered=False) that skips documents whose _id exists: (inserted, already there)."""
-    if not docs:
-        return 0, 0
-    try:
-        collection.insert_many(docs, ordered=False)
-    except BulkWriteError as err:
-        errors = err.details.get("writeErrors", ())
-        if any(e.get("code") != DUPLICATE_KEY for e in errors):
-            raise
-        return err.details.get("nInserted", 0), len(errors)
-    return len(docs), 0
+def _account_entry(doc: dict | None) -> tuple:
+    if doc is None:
+        return (0, 0, False, 0.0, 0.0, 0)
+    last = doc.get("lastProof") or {}
+    return (int(doc.get("balanceMicro", 0)), int(doc.get("proofCount", 0)), "ts" in last,
+            float(last.get("lat", 0.0)), float(last.get("lon", 0.0)), int(last["ts"]) if "ts" in last else 0)
 
 
-_GEO_EXACT: dict[tuple, bool] = {}
-_GEO_PROBE_POINTS = ((89.9, 10.0), (48.85, 2.35), (-33.9, 151.2), (-60.0, -60.0))
-
-
-def geo_lookup_is_exact(db) -> bool:
-    """Whether `$geoIntersects` on this server answers SPEC §3's spherical containment exactly.
-
-    A 2dsphere index reads polygon edges as geodesics, which is the mesh's geometry; a server whose
-    geo support only approximates it (SecantusDB 0.7 misses points near the poles and matches
-    neighbours of points well inside a face) fails this probe, and then gets no 2dsphere index at
-    all: its index keys cost 15-50 ms per triangle written, which would dominate every commit.
-    Probed once per server and process, on the 20 faces of level 1 in a scratch collection.
-    """
-    cache_key = (db.client.address,)
-    if cache_key in _GEO_EXACT:
-        return _GEO_EXACT[cache_key]
-    probe = db["stepbatch_geo_probe"]
-    keys = next(mesh_levels.iter_level_keys(1))
-    ids = mesh_ids.encode_keys(keys).to_pylist()
-    rings = mesh_keys.rings_of_keys(keys).tolist()
-    try:
-        probe.drop()
-        probe.insert_many([{"_id": i, "polygon": {"type": "Polygon", "coordinates": [ring]}}
-                           for i, ring in zip(ids, rings)])
-        probe.create_index([("polygon", "2dsphere")])
-        exact = True
-        for lat, lon in _GEO_PROBE_POINTS:
-            point = {"type": "Point", "coordinates": [lon, lat]}
-            found = {doc["_id"] for doc in probe.find({"polygon": {"$geoIntersects": {"$geometry": point}}},
-                                                      {"_id": 1})}
-            exact = exact and found == {i for i in ids if mesh.contains(i, lat, lon)}
-    except OperationFailure:
-        exact = False
-    finally:
-        probe.drop()
-    _GEO_EXACT[cache_key] = exact
-    return exact
-
-
-def _positions(found: pa.Array, keys: pa.Array) -> np.ndarray:
-    """Index in `keys` of each found id (every found id is one of the keys)."""
-    return np.asarray(pc.index_in(found, value_set=keys).to_numpy(zero_copy_only=False), np.int64)
-
-
-def _is_duplicate_key(err: PyMongoError) -> bool:
-    if isinstance(err, BulkWriteError):
-        return any(e.get("code") == DUPLICATE_KEY for e in err.details.get("writeErrors", ()))
-    return getattr(err, "code", None) == DUPLICATE_KEY
-
-
-def _redacted(uri: str) -> str:
-    return re.sub(r"//[^@/]*@", "//***@", uri)
+def _set_account(state: PriorState, i: int, entry: tuple) -> None:
+    (state.account_balance_micro[i], state.account_proof_count[i], state.account_has_last[i],
+     state.account_last_lat[i], state.account_last_lon[i], state.account_last_ts_ms[i]) = entry

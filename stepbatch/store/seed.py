@@ -21,10 +21,11 @@ from stepbatch.mesh import levels as mesh_levels
 from stepbatch.protocol import MAX_LEVEL
 from stepbatch.store import documents
 from stepbatch.store.base import StoreError
-from stepbatch.store.mongo import (
+from stepbatch.store.database import (
     ensure_schema,
     geo_lookup_is_exact,
     insert_new,
+    record_seeding,
     translated_errors,
 )
 
@@ -113,6 +114,8 @@ def _seed_level(db, report: LevelReport, bbox, progress: bool) -> None:
                 report.inserted += inserted
                 report.existing += existing
                 bar.update(len(keys))
+        if report.inserted:
+            record_seeding(db, [report.level])
 
 
 def _mean_bson_bytes(level: int, bbox) -> float:
@@ -135,7 +138,10 @@ def drop_level(db_or_store, level: int, force: bool = False) -> int:
         if clicked and not force:
             raise StoreError(f"level {level} has {clicked} clicked triangle{'s' * (clicked != 1)}; "
                              f"refusing to drop it (use force to drop anyway)")
-        return db.triangles.delete_many({"level": level}).deleted_count
+        deleted = db.triangles.delete_many({"level": level}).deleted_count
+        if deleted:
+            record_seeding(db, [])
+        return deleted
 
 
 def triangles_at(db_or_store, lat: float, lon: float) -> list[dict]:

@@ -1,10 +1,11 @@
 """What a database holds, made comparable: a canonical digest of the state and the state re-derived
-from the event log.
+from the stored verdicts.
 
-`state_digest` lets two validators (or two runs) check that they hold the same triangles, accounts and
-events, whatever order the documents were written in. `replay_event_log` recomputes balances, clicks,
-proof counts and used nonces from `triangle_events` alone, and `event_log_mismatches` lists every way
-the stored state differs from that: a lost click, a reused nonce or a double reward all show up there.
+`state_digest` lets two validators (or two runs) check that they hold the same triangles, accounts,
+used nonces and verdicts, whatever order the documents were written in. `replay_event_log` recomputes
+balances, clicks, proof counts and used nonces from the accepted rows of the `verdicts` chunks alone,
+and `event_log_mismatches` lists every way the stored state differs from that: a lost click, a reused
+nonce, a nonce without its proof or a double reward all show up there.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ import datetime as dt
 import hashlib
 import json
 
+import pyarrow.compute as pc
 from bson import ObjectId
 from bson.datetime_ms import DatetimeMS
 from bson.int64 import Int64
 
+from stepbatch import mesh
 from stepbatch.ingest.timestamps import epoch_ms
+from stepbatch.protocol import MAX_LEVEL, Code
+from stepbatch.store import layout
 
-DIGEST_COLLECTIONS = ("triangles", "accounts", "triangle_events")
+DIGEST_COLLECTIONS = ("triangles", "accounts", "nonces", "verdicts")
 # Wall-clock times of the writes: two validators committing the same batches differ only in these.
 WALL_CLOCK_FIELDS = frozenset({"createdAt", "updatedAt"})
 
@@ -32,13 +37,23 @@ def state_digest(db) -> str:
     Each document is reduced to a canonical text (sorted keys, typed values, floats exact) without its
     write times and without an ObjectId `_id` (which only says where and when it was inserted); the
     per-document hashes are sorted, so insertion order does not matter."""
-    sha = hashlib.sha256(b"STEP-STATE-v1\n")
+    sha = hashlib.sha256(b"STEP-STATE-v2\n")
     for name in DIGEST_COLLECTIONS:
-        hashes = sorted(hashlib.sha256(_canonical_text(doc).encode()).digest()
+        hashes = sorted(hashlib.sha256(_canonical_text(_readable(name, doc)).encode()).digest()
                         for doc in db[name].find({}))
         sha.update(f"{name}:{len(hashes)}\n".encode())
         sha.update(b"".join(hashes))
     return sha.hexdigest()
+
+
+def _readable(collection: str, doc: dict) -> dict:
+    """A verdict chunk with its rows in place of their compressed bytes (whose encoding may vary), and
+    without its commit sequence number, which counts seedings too and so depends on how a database
+    was set up, not on what it holds."""
+    if collection != "verdicts":
+        return doc
+    return {**{k: v for k, v in doc.items() if k not in ("ipc", "seq")},
+            "rows": layout.chunk_table(doc).to_pylist()}
 
 
 def _canonical_text(doc: dict) -> str:
@@ -81,7 +96,8 @@ class ReplayedState:
 
 
 def replay_event_log(db) -> ReplayedState:
-    """Balances, proof counts, last proofs, clicks and nonces recomputed from `triangle_events`.
+    """Balances, proof counts, last proofs, clicks and nonces recomputed from the accepted rows of
+    the stored verdicts.
 
     An account's accepted proofs have strictly increasing timestamps (TOO_FAST rejects Δt ≤ 0), so its
     last proof is the one with the latest timestamp, whichever batch wrote it."""
@@ -89,19 +105,19 @@ def replay_event_log(db) -> ReplayedState:
     clicks: dict[str, list[int]] = collections.defaultdict(list)
     ended: dict[str, str] = {}
     nonce_uses: collections.Counter = collections.Counter()
-    for event in db.triangle_events.find({}):
-        if event.get("eventType") == "subdivide":
-            ended[event["triangleId"]] = event.get("payload", {}).get("state", "subdivided")
-            continue
-        payload = event["payload"]
-        account = accounts[event["account"]]
-        account.balance_micro += int(payload["rewardMicro"])
-        account.proof_count += 1
-        ts_ms = _epoch_ms(event["timestamp"])
-        if account.last is None or ts_ms > account.last[2]:
-            account.last = (float(payload["lat"]), float(payload["lon"]), ts_ms)
-        clicks[event["triangleId"]].append(int(payload["clickNumber"]))
-        nonce_uses[(event["account"], event["nonce"])] += 1
+    for chunk in db.verdicts.find({}):
+        rows = layout.chunk_table(chunk)
+        for row in rows.filter(pc.equal(rows.column("code"), Code.ACCEPTED.name)).to_pylist():
+            account = accounts[row["account_key"]]
+            account.balance_micro += row["reward_micro"]
+            account.proof_count += 1
+            if account.last is None or row["ts_ms"] > account.last[2]:
+                account.last = (row["lat"], row["lon"], row["ts_ms"])
+            clicks[row["triangle_id"]].append(row["click_number"])
+            nonce_uses[(row["account_key"], row["nonce"])] += 1
+            if row["subdivided"]:
+                level = mesh.decode_id(row["triangle_id"])[1]
+                ended[row["triangle_id"]] = "exhausted" if level == MAX_LEVEL else "subdivided"
     return ReplayedState(
         accounts=dict(accounts),
         triangle_clicks={triangle: len(numbers) for triangle, numbers in clicks.items()},
@@ -115,6 +131,11 @@ def event_log_mismatches(db, subdivide_at_clicks: int = 11) -> list[str]:
     replayed = replay_event_log(db)
     problems = [f"nonce {nonce!r} of {account} used by {uses} accepted proofs"
                 for (account, nonce), uses in replayed.nonce_uses.items() if uses > 1]
+    stored_nonces = {doc["_id"] for doc in db.nonces.find({}, {"_id": 1})}
+    verdict_nonces = {layout.nonce_id(account, nonce) for account, nonce in replayed.nonce_uses}
+    problems += [f"nonce {value!r} is stored without an accepted proof"
+                 for value in sorted(stored_nonces - verdict_nonces)]
+    problems += [f"accepted proof {value!r} has no stored nonce" for value in sorted(verdict_nonces - stored_nonces)]
     for triangle, numbers in replayed.click_numbers.items():
         if numbers != list(range(1, len(numbers) + 1)):
             problems.append(f"triangle {triangle} has click numbers {numbers}, not 1..{len(numbers)}")

@@ -6,21 +6,22 @@ is taken the moment the previous one is done). Every proof gets two latencies: a
 (validation done) and arrival → committed (its batch's transaction done). Arrival schedules and the
 per-proof bookkeeping are arrays; nothing loops over proofs in Python.
 
-A batch is validated with `Validator.validate` and its outcome committed with `store.commit`, which is
-`Validator.finalize` split in two so the verdict time can be taken between them; a commit that finds
-its state moved (another writer) is redone with `finalize`, which re-validates and retries.
+A validate-only batch goes through `Validator.validate`. A committing batch goes through
+`stepbatch.pipeline.Pipeline`: it is validated at once (its verdict time) and committed while the next
+batch validates (its commit time); a commit that finds its state moved is redone in order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 
 import numpy as np
 import pyarrow as pa
 
+from stepbatch.pipeline import Pipeline
 from stepbatch.schema import SIGNED_FIELDS
-from stepbatch.store.base import StaleStateError
 from stepbatch.validator import Validator
 
 # What a phone sends, as the validator is fed it; a traffic table's labels (expected_code, attack)
@@ -217,38 +218,52 @@ class _Tracker:
         self.counts: dict[str, int] = {}
         self.batches: list[BatchRecord] = []
         self.stage_s: dict[str, float] = {}
+        self.errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self.pipeline = Pipeline(batcher.validator) if batcher.commit else None
 
     def process(self, first_row: int, last_row: int, closed_on: str, arrival_s: np.ndarray) -> None:
         batcher, clock = self.batcher, self.batcher.clock
         batch = self.proofs.slice(first_row, last_row - first_row)
         batch_id = f"{batcher.run_id}-{len(self.batches):06d}"
-        result = batcher.validator.validate(batch, batch_id)
-        verdict_s = clock.now()
-        timings = dict(result.timings)
-        if batcher.commit:
-            commit_started_s = time.perf_counter()
-            try:
-                batcher.validator.store.commit(result.outcome)
-            except StaleStateError:
-                result = batcher.validator.finalize(batch, batch_id)
-            timings["commit"] = time.perf_counter() - commit_started_s
-            self.committed_s[first_row:last_row] = clock.now()
+        record = BatchRecord(first_row, last_row - first_row, closed_on, 0)
+        self.batches.append(record)
         self.arrival_s[first_row:last_row] = arrival_s
-        self.verdict_s[first_row:last_row] = verdict_s
+        if self.pipeline is None:
+            result = batcher.validator.validate(batch, batch_id)
+            self.verdict_s[first_row:last_row] = clock.now()
+            self._record(result, first_row, last_row, record)
+            return
+        future = self.pipeline.submit(batch, batch_id)
+        self.verdict_s[first_row:last_row] = clock.now()
+        future.add_done_callback(lambda done: self._committed(done, first_row, last_row, record))
+
+    def _committed(self, future, first_row: int, last_row: int, record: BatchRecord) -> None:
+        with self._lock:
+            if future.exception() is not None:
+                self.errors.append(future.exception())
+                return
+            self.committed_s[first_row:last_row] = self.batcher.clock.now()
+            self._record(future.result(), first_row, last_row, record)
+
+    def _record(self, result, first_row: int, last_row: int, record: BatchRecord) -> None:
         # A verdict table with one row per proof, indexed 0..n-1, is what "no proof lost" means here.
         indices = result.verdicts.column("index").to_numpy()
         if len(indices) == last_row - first_row and (indices == np.arange(len(indices))).all():
             self.verdict_rows += len(indices)
-        accepted = result.counts.get("ACCEPTED", 0)
-        self.accepted += accepted
+        record.accepted = result.counts.get("ACCEPTED", 0)
+        self.accepted += record.accepted
         for code, count in result.counts.items():
             self.counts[code] = self.counts.get(code, 0) + count
-        for stage, seconds in timings.items():
+        for stage, seconds in result.timings.items():
             self.stage_s[stage] = self.stage_s.get(stage, 0.0) + seconds
-        self.batches.append(BatchRecord(first_row, last_row - first_row, closed_on, accepted))
 
     def finish(self, start_s: float, offered_per_s: float | None) -> LoadRun:
         batcher = self.batcher
+        if self.pipeline is not None:
+            self.pipeline.close()
+            if self.errors:
+                raise self.errors[0]
         done_s = self.committed_s if batcher.commit else self.verdict_s
         elapsed_s = float(np.nanmax(done_s) - start_s) if len(done_s) else 0.0
         # The store is the run's own, so every click event it holds came from this run.
@@ -268,9 +283,5 @@ def _offered_rate(offsets_s: np.ndarray) -> float | None:
 
 
 def count_committed_clicks(store) -> int:
-    """Click events (accepted proofs) the store holds: a MongoStore counts its `triangle_events`
-    collection, a MemoryStore sums its accounts' accepted proofs."""
-    database = getattr(store, "db", None)
-    if database is not None:
-        return int(database.triangle_events.count_documents({"eventType": "click"}))
-    return sum(account.proof_count for account in store.accounts.values())
+    """Accepted proofs (click events) the store holds."""
+    return store.accepted_count()

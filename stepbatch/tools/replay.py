@@ -8,6 +8,7 @@ batches committed before the crash are read back from the store so that `--out` 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import os
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stepbatch.ingest import ProofSourceError, iter_proofs
+from stepbatch.pipeline import Pipeline
 from stepbatch.schema import VERDICT_SCHEMA
 from stepbatch.validator import Validator
 
@@ -87,7 +89,30 @@ def replay(inputs: Sequence[str], validator: Validator, *, out: str | None = Non
     summary.resumed_from_row = start
     started = time.perf_counter()
     writer = _VerdictWriter(out) if out else None
+    pending: collections.deque = collections.deque()  # (future, chunk, batch id, submitted), in order
+
+    def record(result, chunk, batch_id: str, submitted: float) -> None:
+        batch_seconds = time.perf_counter() - submitted
+        summary.validate_seconds += batch_seconds
+        summary.rows += chunk.table.num_rows
+        summary.batches += 1
+        summary.counts.update(result.counts)
+        summary.stage_seconds.update(result.timings)
+        summary.reward_micro += int(pa.compute.sum(result.verdicts.column("reward_micro")).as_py() or 0)
+        if writer is not None:
+            writer.write(result.verdicts, batch_id, chunk.first_row, chunk.table, batch_seconds)
+        summary.seconds = time.perf_counter() - started
+        if progress is not None:
+            progress(chunk.table.num_rows, summary)
+
+    def settle(wait: bool) -> None:
+        while pending and (wait or pending[0][0].done()):
+            future, chunk, batch_id, submitted = pending.popleft()
+            record(future.result(), chunk, batch_id, submitted)
+
     finished = False
+    # Committed, batch N+1 validates while batch N commits (stepbatch.pipeline).
+    pipeline = Pipeline(validator) if commit else None
     try:
         # With --out, a resumed run re-reads the rows before `start` to carry their columns next to
         # the verdicts the store kept for them.
@@ -101,27 +126,19 @@ def replay(inputs: Sequence[str], validator: Validator, *, out: str | None = Non
                                       f"with the --batch-size of the interrupted run)")
                 writer.write(stored.verdicts, batch_id, chunk.first_row, chunk.table, None)
                 continue
-            before = time.perf_counter()
-            if commit:
-                result = validator.finalize(chunk.table, batch_id)
+            submitted = time.perf_counter()
+            if pipeline is not None:
+                pending.append((pipeline.submit(chunk.table, batch_id), chunk, batch_id, submitted))
+                settle(wait=False)
             else:
                 result = validator.validate(chunk.table, batch_id)
                 validator.store.commit(result.outcome)
-            batch_seconds = time.perf_counter() - before
-            summary.validate_seconds += batch_seconds
-            summary.rows += chunk.table.num_rows
-            summary.batches += 1
-            summary.counts.update(result.counts)
-            summary.stage_seconds.update(result.timings)
-            summary.reward_micro += int(pa.compute.sum(result.verdicts.column("reward_micro")).as_py()
-                                        or 0)
-            if writer is not None:
-                writer.write(result.verdicts, batch_id, chunk.first_row, chunk.table, batch_seconds)
-            summary.seconds = time.perf_counter() - started
-            if progress is not None:
-                progress(chunk.table.num_rows, summary)
+                record(result, chunk, batch_id, submitted)
+        settle(wait=True)
         finished = True
     finally:
+        if pipeline is not None:
+            pipeline.close()
         if writer is not None:
             writer.close(keep=finished)
     summary.seconds = time.perf_counter() - started

@@ -1,0 +1,161 @@
+"""The database behind `MongoStore`: collections and indexes, the layout version, the commit sequence.
+
+The `meta` collection holds three small documents: `layout` (the version of `stepbatch.store.layout`
+the database was written with), `commitSeq` (advanced by every commit and by every seeding, so a
+validator's cache can tell whether anyone else wrote) and `seededLevels` (the levels that have
+triangle documents not created by a subdivision, so a subdivision knows when its children may exist).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+from bson.int64 import Int64
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+
+from stepbatch import mesh
+from stepbatch.mesh import ids as mesh_ids
+from stepbatch.mesh import keys as mesh_keys
+from stepbatch.mesh import levels as mesh_levels
+from stepbatch.store.base import StoreError, brief
+from stepbatch.store.layout import LAYOUT_VERSION
+
+DUPLICATE_KEY = 11000
+SEQ_ID, LAYOUT_ID, SEEDED_ID = "commitSeq", "layout", "seededLevels"
+# Collections of the first layout (one document per event and per rejection), which `stepbatch db
+# migrate` moves into `nonces` and `verdicts`.
+OLD_COLLECTIONS = ("triangle_events", "rejections")
+
+
+class LayoutError(StoreError):
+    """The database was written with another layout; the message names the command that migrates it."""
+
+
+def ensure_schema(db) -> bool:
+    """Check the layout, create the collections' indexes (idempotent) and the meta documents; whether
+    triangles.polygon has its 2dsphere index (only where the server's geo queries are exact)."""
+    check_layout(db)
+    db.meta.update_one({"_id": LAYOUT_ID}, {"$setOnInsert": {"version": LAYOUT_VERSION}}, upsert=True)
+    db.meta.update_one({"_id": SEQ_ID}, {"$setOnInsert": {"seq": Int64(0)}}, upsert=True)
+    db.triangles.create_index("parentId")
+    db.triangles.create_index("level")
+    db.triangles.create_index("state")
+    db.verdicts.create_index("accounts")
+    if not geo_lookup_is_exact(db):
+        return False
+    try:
+        db.triangles.create_index([("polygon", "2dsphere")])
+    except OperationFailure:
+        return False
+    return True
+
+
+def check_layout(db) -> None:
+    """LayoutError for a database another layout wrote; nothing for a new one or one of ours."""
+    layout = db.meta.find_one({"_id": LAYOUT_ID})
+    if layout is not None and layout.get("version") == LAYOUT_VERSION:
+        return
+    if layout is not None:
+        raise LayoutError(f"database {db.name} has stepbatch layout {layout.get('version')}, this "
+                          f"stepbatch reads layout {LAYOUT_VERSION}")
+    if any(db[name].find_one({}, {"_id": 1}) is not None for name in OLD_COLLECTIONS):
+        raise LayoutError(f"database {db.name} was written with stepbatch's first layout (one document "
+                          f"per event); move it to layout {LAYOUT_VERSION} with `stepbatch db migrate` "
+                          f"(same MONGODB_URI and STEPBATCH_DB)")
+
+
+def read_seq(db, session=None) -> int:
+    doc = db.meta.find_one({"_id": SEQ_ID}, session=session)
+    return int(doc["seq"]) if doc is not None else 0
+
+
+def advance_seq(db, expected: int, session=None) -> bool:
+    """seq := expected + 1 if it is still `expected`; False if another writer moved it."""
+    result = db.meta.update_one({"_id": SEQ_ID, "seq": Int64(expected)}, {"$set": {"seq": Int64(expected + 1)}},
+                                session=session)
+    return result.matched_count == 1
+
+
+def record_seeding(db, levels) -> None:
+    """Note levels that now have seeded triangles, and move the sequence so caches are re-read."""
+    db.meta.update_one({"_id": SEEDED_ID}, {"$addToSet": {"levels": {"$each": sorted(set(levels))}}},
+                       upsert=True)
+    db.meta.update_one({"_id": SEQ_ID}, {"$inc": {"seq": Int64(1)}}, upsert=True)
+
+
+def seeded_levels(db) -> set[int]:
+    doc = db.meta.find_one({"_id": SEEDED_ID})
+    return set(doc.get("levels", ())) if doc else set()
+
+
+@contextlib.contextmanager
+def translated_errors(what: str):
+    """Re-raise driver errors inside the block as one StoreError saying what failed."""
+    try:
+        yield
+    except PyMongoError as err:
+        raise StoreError(f"{what} failed: {brief(err)}") from err
+
+
+def insert_new(collection, docs: list[dict]) -> tuple[int, int]:
+    """insert_many(ordered=False) that skips documents whose _id exists: (inserted, already there)."""
+    if not docs:
+        return 0, 0
+    try:
+        collection.insert_many(docs, ordered=False)
+    except BulkWriteError as err:
+        errors = err.details.get("writeErrors", ())
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        return err.details.get("nInserted", 0), len(errors)
+    return len(docs), 0
+
+
+def is_duplicate_key(err: PyMongoError) -> bool:
+    if isinstance(err, BulkWriteError):
+        return any(e.get("code") == DUPLICATE_KEY for e in err.details.get("writeErrors", ()))
+    return getattr(err, "code", None) == DUPLICATE_KEY
+
+
+def redacted(uri: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", uri)
+
+
+_GEO_EXACT: dict[tuple, bool] = {}
+_GEO_PROBE_POINTS = ((89.9, 10.0), (48.85, 2.35), (-33.9, 151.2), (-60.0, -60.0))
+
+
+def geo_lookup_is_exact(db) -> bool:
+    """Whether `$geoIntersects` on this server answers SPEC §3's spherical containment exactly.
+
+    A 2dsphere index reads polygon edges as geodesics, which is the mesh's geometry; a server whose
+    geo support only approximates it (SecantusDB 0.7 misses points near the poles and matches
+    neighbours of points well inside a face) fails this probe, and then gets no 2dsphere index at
+    all: its index keys cost 15-50 ms per triangle written, which would dominate every commit.
+    Probed once per server and process, on the 20 faces of level 1 in a scratch collection.
+    """
+    cache_key = (db.client.address,)
+    if cache_key in _GEO_EXACT:
+        return _GEO_EXACT[cache_key]
+    probe = db["stepbatch_geo_probe"]
+    keys = next(mesh_levels.iter_level_keys(1))
+    ids = mesh_ids.encode_keys(keys).to_pylist()
+    rings = mesh_keys.rings_of_keys(keys).tolist()
+    try:
+        probe.drop()
+        probe.insert_many([{"_id": i, "polygon": {"type": "Polygon", "coordinates": [ring]}}
+                           for i, ring in zip(ids, rings)])
+        probe.create_index([("polygon", "2dsphere")])
+        exact = True
+        for lat, lon in _GEO_PROBE_POINTS:
+            point = {"type": "Point", "coordinates": [lon, lat]}
+            found = {doc["_id"] for doc in probe.find({"polygon": {"$geoIntersects": {"$geometry": point}}},
+                                                      {"_id": 1})}
+            exact = exact and found == {i for i in ids if mesh.contains(i, lat, lon)}
+    except OperationFailure:
+        exact = False
+    finally:
+        probe.drop()
+    _GEO_EXACT[cache_key] = exact
+    return exact

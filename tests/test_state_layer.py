@@ -1,0 +1,148 @@
+"""The state layer: the write-through cache, the commit sequence, and commits overlapped with validation."""
+
+from __future__ import annotations
+
+import pymongo
+import pytest
+
+from stepbatch import MemoryStore, Validator, mesh
+from stepbatch.config import Config
+from stepbatch.pipeline import Pipeline, PipelineError, finalize_all
+from stepbatch.store.base import StaleStateError, StoreError
+from stepbatch.store.database import LayoutError
+from stepbatch.store.mongo import MongoStore
+from stepbatch.store.statedigest import event_log_mismatches, state_digest
+from stepbatch.tools import gen
+from tests.strategies import _T0_MS, ACCOUNT_KEYS, point_in, signed_row
+
+pytestmark = pytest.mark.mongo
+
+CONFIG = Config(signature_threads=2)
+TRIANGLE = mesh.triangle_at(47.4979, 19.0402, 14)
+BATCH = 150
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    # Walkers that come back every batch, subdivisions on the way, replays across batches.
+    return gen.generate(walkers=40, proofs=1500, seed=9)
+
+
+def batches(traffic):
+    return [(traffic.proofs.slice(i, BATCH), f"b{i}", None) for i in range(0, traffic.proofs.num_rows, BATCH)]
+
+
+def sequential(traffic) -> tuple[list[str], list[str]]:
+    """Codes and digests of the batches finalized one after another in memory."""
+    codes, digests = [], []
+    with Validator(MemoryStore(traffic.triangles), CONFIG) as validator:
+        for batch, batch_id, _ in batches(traffic):
+            result = validator.finalize(batch, batch_id)
+            codes += result.verdicts.column("code").to_pylist()
+            digests.append(result.digest)
+    return codes, digests
+
+
+def test_overlapped_commits_give_the_one_by_one_verdicts_and_state(traffic, mongo_store):
+    mongo_store.add_triangles(traffic.triangles)
+    codes, digests = [], []
+    with Validator(mongo_store, CONFIG) as validator:
+        for _batch_id, result in finalize_all(validator, batches(traffic)):
+            codes += result.verdicts.column("code").to_pylist()
+            digests.append(result.digest)
+    assert codes == traffic.proofs.column("expected_code").to_pylist()
+    assert (codes, digests) == sequential(traffic)
+    assert event_log_mismatches(mongo_store.db) == []
+    assert "NONCE_REPLAY" in codes and mongo_store.db.triangles.count_documents({"state": "subdivided"})
+
+
+class ConflictOnce(MongoStore):
+    """Plays another writer moving the state under one batch's first commit."""
+
+    def __init__(self, *args, conflict_on: str, fail_with=StaleStateError, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conflict_on, self.fail_with = conflict_on, fail_with
+
+    def commit(self, outcome):
+        if outcome.batch_id == self.conflict_on:
+            self.conflict_on = None
+            self.discard_staged()
+            raise self.fail_with(f"batch {outcome.batch_id}: moved under it")
+        super().commit(outcome)
+
+
+def test_a_commit_that_finds_its_state_moved_redoes_it_and_every_batch_after_it(traffic, mongo_uri,
+                                                                                mongo_db_name):
+    with ConflictOnce(mongo_uri, mongo_db_name, config=CONFIG, conflict_on="b300") as store:
+        store.add_triangles(traffic.triangles)
+        with Validator(store, CONFIG) as validator:
+            results = list(finalize_all(validator, batches(traffic)))
+        digests = [result.digest for _, result in results]
+        assert digests == sequential(traffic)[1]
+        assert event_log_mismatches(store.db) == []
+
+
+def test_a_commit_that_fails_outright_commits_nothing_after_it(traffic, mongo_uri, mongo_db_name):
+    with ConflictOnce(mongo_uri, mongo_db_name, config=CONFIG, conflict_on="b300",
+                      fail_with=StoreError) as store:
+        store.add_triangles(traffic.triangles)
+        with Validator(store, CONFIG) as validator, Pipeline(validator) as pipeline:
+            futures = [pipeline.submit(batch, batch_id) for batch, batch_id, _ in batches(traffic)[:3]]
+            with pytest.raises(StoreError, match="moved under it"):
+                futures[2].result()
+            with pytest.raises(PipelineError):
+                for batch, batch_id, _ in batches(traffic)[3:5]:
+                    pipeline.submit(batch, batch_id).result()
+        assert sorted(doc["_id"] for doc in store.db.batches.find({})) == ["b0", "b150"]
+        assert event_log_mismatches(store.db) == []
+
+
+def test_the_cache_answers_a_validator_that_is_the_only_writer(traffic, mongo_store):
+    mongo_store.add_triangles(traffic.triangles)
+    with Validator(mongo_store, CONFIG) as validator:
+        validator.finalize(traffic.proofs.slice(0, BATCH), "first")
+        misses = mongo_store.cache.misses
+        validator.validate(traffic.proofs.slice(0, BATCH), "again")
+    assert mongo_store.cache.misses == misses
+    figures = mongo_store.cache.figures()
+    assert figures["accounts"] > 0 and figures["nonces"] == mongo_store.accepted_count() and figures["bytes"] > 0
+
+
+def honest(i: int, nonce: str) -> dict:
+    lat, lon = point_in(TRIANGLE, (1, 1, 1))
+    return signed_row(ACCOUNT_KEYS[0], TRIANGLE, lat, lon, _T0_MS + 60_000 * i, nonce)
+
+
+def test_another_writer_empties_the_cache_so_its_writes_are_seen(mongo_uri, mongo_db_name):
+    with MongoStore(mongo_uri, mongo_db_name, config=CONFIG) as mine, \
+            MongoStore(mongo_uri, mongo_db_name, config=CONFIG) as theirs:
+        mine.add_triangles([TRIANGLE])
+        with Validator(mine, CONFIG) as me, Validator(theirs, CONFIG) as them:
+            assert me.finalize([honest(0, "a")], "1").counts == {"ACCEPTED": 1}
+            assert them.finalize([honest(1, "b")], "2").counts == {"ACCEPTED": 1}
+            # Their nonce "b" is used and their click counted, though my cache never saw either.
+            result = me.finalize([honest(2, "b"), honest(3, "c")], "3")
+    assert result.verdicts.column("code").to_pylist() == ["NONCE_REPLAY", "ACCEPTED"]
+    assert result.verdicts.column("click_number").to_pylist() == [None, 3]
+
+
+def test_a_database_of_the_first_layout_is_refused_with_the_command_that_migrates_it(mongo_uri, mongo_db_name):
+    with pymongo.MongoClient(mongo_uri) as client:
+        client[mongo_db_name].triangle_events.insert_one({"_id": "0xab:n", "eventType": "click"})
+    with pytest.raises(LayoutError, match="stepbatch db migrate"):
+        MongoStore(mongo_uri, mongo_db_name, config=CONFIG)
+
+
+def test_state_digest_does_not_depend_on_how_often_the_mesh_was_seeded(traffic, mongo_uri, mongo_db_name):
+    digests = []
+    for name, seedings in ((mongo_db_name, 1), (mongo_db_name + "_b", 3)):
+        with MongoStore(mongo_uri, name, config=CONFIG) as store:
+            for _ in range(seedings):
+                store.add_triangles(traffic.triangles)
+                store.add_triangles([TRIANGLE])
+            with Validator(store, CONFIG) as validator:
+                validator.finalize(traffic.proofs.slice(0, BATCH), "only")
+            digests.append(state_digest(store.db))
+            if name != mongo_db_name:
+                store.client.drop_database(name)
+    assert digests[0] == digests[1]
