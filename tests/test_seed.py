@@ -10,8 +10,8 @@ from stepbatch import mesh
 from stepbatch.cli import main
 from stepbatch.mesh import ids as mesh_ids
 from stepbatch.mesh import levels as mesh_levels
-from stepbatch.store.base import StoreError
 from stepbatch.mesh.keys import parent_keys
+from stepbatch.store.base import StoreError
 from stepbatch.store.documents import H3_RESOLUTION_BY_LEVEL
 from stepbatch.store.seed import drop_level, seed_mesh, triangles_at
 from tests.strategies import mesh_triangles

@@ -146,3 +146,56 @@ def test_state_digest_does_not_depend_on_how_often_the_mesh_was_seeded(traffic, 
             if name != mongo_db_name:
                 store.client.drop_database(name)
     assert digests[0] == digests[1]
+
+
+def _first_layout(db, rows: list[dict]) -> None:
+    """A batch as stepbatch's first layout stored it: events, a rejection, the batch record."""
+    import datetime as dt
+
+    from bson.int64 import Int64
+
+    from stepbatch.store.documents import triangle_documents
+
+    now = dt.datetime.now(dt.timezone.utc)
+    db.triangles.insert_many(triangle_documents(mesh.decode_ids([TRIANGLE]).keys, now))
+    account = rows[0]["account"].lower()
+    db.triangle_events.insert_one({
+        "_id": f"{account}:{rows[0]['nonce']}", "triangleId": TRIANGLE, "eventType": "click",
+        "timestamp": dt.datetime(2025, 10, 5, tzinfo=dt.timezone.utc), "account": account,
+        "nonce": rows[0]["nonce"], "signature": rows[0]["signature"], "batchId": "old", "batchIndex": 0,
+        "payload": {"rewardMicro": Int64(61), "clickNumber": 1, "lat": rows[0]["lat"], "lon": rows[0]["lon"],
+                    "accuracy": 10.0, "speed": None}, "message": "accepted"})
+    db.rejections.insert_one({"batchId": "old", "index": 1, "account": account, "nonce": "x",
+                              "triangleId": TRIANGLE, "code": "TOO_FAST", "message": "too fast", "speedMps": 99.0})
+    db.batches.insert_one({"_id": "old", "digest": "d", "inputDigest": "i", "rowCount": 2,
+                           "counts": {"ACCEPTED": 1, "TOO_FAST": 1}, "committedAt": now})
+    db.accounts.insert_one({"_id": account, "balanceMicro": Int64(61), "proofCount": 1,
+                            "lastProof": {"lat": rows[0]["lat"], "lon": rows[0]["lon"],
+                                          "ts": dt.datetime(2025, 10, 5, tzinfo=dt.timezone.utc)}})
+    db.triangles.update_one({"_id": TRIANGLE}, {"$set": {"clicks": 1}})
+
+
+def test_db_migrate_moves_a_first_layout_database_and_validation_goes_on(mongo_uri, mongo_db_name, capsys):
+    import os
+
+    from stepbatch.cli import main
+
+    rows = [honest(0, "a")]
+    with pymongo.MongoClient(mongo_uri) as client:
+        _first_layout(client[mongo_db_name], rows)
+    os.environ.update(STEPBATCH_DB=mongo_db_name)
+    try:
+        assert main(["--mongodb-uri", mongo_uri, "db", "migrate"]) == 0
+        assert main(["--mongodb-uri", mongo_uri, "db", "migrate"]) == 0  # again: nothing to do
+    finally:
+        del os.environ["STEPBATCH_DB"]
+    assert "moved 1 batches (2 rows, 1 accepted proofs)" in capsys.readouterr().err
+    with MongoStore(mongo_uri, mongo_db_name, config=CONFIG) as store:
+        stored = store.committed("old").verdicts
+        assert stored.column("code").to_pylist() == ["ACCEPTED", "TOO_FAST"]
+        assert event_log_mismatches(store.db) == []
+        assert store.db.list_collection_names().count("triangle_events") == 0
+        with Validator(store, CONFIG) as validator:
+            result = validator.finalize([honest(0, "a"), honest(1, "b")], "new")
+    assert result.verdicts.column("code").to_pylist() == ["NONCE_REPLAY", "ACCEPTED"]
+    assert result.verdicts.column("click_number").to_pylist() == [None, 2]

@@ -9,8 +9,9 @@ import sys
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "db", help="run the embedded database server",
-        description="The embedded SecantusDB server (a MongoDB-wire server on WiredTiger).")
+        "db", help="run the embedded database server, or migrate a database",
+        description="The embedded SecantusDB server (a MongoDB-wire server on WiredTiger), and "
+                    "moving a database written by an earlier stepbatch to the current layout.")
     commands = parser.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     serve = commands.add_parser(
         "serve", help="run the embedded server in the foreground until Ctrl-C",
@@ -23,6 +24,14 @@ def register(subparsers) -> None:
     serve.add_argument("--data-dir", default=None, metavar="DIR",
                        help="data directory (default: $STEPBATCH_DATA_DIR/db, else ./stepbatch-data/db)")
     serve.set_defaults(func=run_serve)
+    migrate = commands.add_parser(
+        "migrate", help="move a database of stepbatch's first layout to the current one",
+        description=("Rewrite the database named by STEPBATCH_DB (at MONGODB_URI, else the embedded "
+                     "server's data directory) from one document per event and rejection to the "
+                     "current layout, batch by batch; a migration that stops can be run again."))
+    migrate.add_argument("--data-dir", default=None, metavar="DIR",
+                         help="embedded server data directory (default: $STEPBATCH_DATA_DIR/db)")
+    migrate.set_defaults(func=run_migrate)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -41,6 +50,29 @@ def run_serve(args: argparse.Namespace) -> int:
     reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
     print(f"stepbatch db serve: SecantusDB {reason}; its log: {server.log_path}", file=sys.stderr)
     return 1
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    import pymongo
+
+    from stepbatch.config import Config
+    from stepbatch.store.embedded import EmbeddedServer
+    from stepbatch.store.migrate import migrate
+
+    config = Config.from_env(mongodb_uri=args.mongodb_uri)
+    server = None
+    if config.mongodb_uri is None:
+        server = EmbeddedServer(args.data_dir or os.path.join(config.data_dir, "db")).start()
+    try:
+        with pymongo.MongoClient(config.mongodb_uri or server.uri, tz_aware=True) as client:
+            report = migrate(client, config.db_name, progress=lambda r: print(
+                f"\rmoved {r.batches:,} batches, {r.rows:,} rows", end="", file=sys.stderr))
+    finally:
+        if server is not None:
+            server.close()
+    print(f"\ndatabase {config.db_name}: moved {report.batches:,} batches ({report.rows:,} rows, "
+          f"{report.nonces:,} accepted proofs); {report.already_moved:,} were moved before", file=sys.stderr)
+    return 0
 
 
 def _port(text: str) -> int:

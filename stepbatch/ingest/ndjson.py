@@ -24,6 +24,7 @@ PYARROW_BLOCK_BYTES = 1 << 20  # pyarrow parses a span in sub-blocks of this siz
 RUN_ROWS = 256  # lines per retry of a span pyarrow refused
 GROUP_ROWS = 65_536  # rows gathered before a group is handed on
 _DECODER = json.JSONDecoder()
+MAX_DEPTH = 64  # levels of arrays and objects in one row; a proof needs two
 
 
 class BadLine(NamedTuple):
@@ -180,18 +181,39 @@ def exact_values(block: bytes, lines: Lines) -> list:
 
 def decode_value(raw: bytes):
     """One JSON value, or a BadLine saying why it is not one that Arrow can hold."""
+    if too_deep(raw):
+        return BadLine(f"not valid JSON here: nested deeper than {MAX_DEPTH} levels")
     try:
         value = _DECODER.decode(raw.decode())
     except UnicodeDecodeError:
         return BadLine("not valid UTF-8")
     except RecursionError:
-        return BadLine("not valid JSON: nested too deeply")
+        return BadLine(f"not valid JSON here: nested deeper than {MAX_DEPTH} levels")
     except ValueError as err:
         return BadLine(f"not valid JSON: {getattr(err, 'msg', err)} at column {getattr(err, 'colno', '?')}")
     # JSON may spell a lone UTF-16 surrogate (\ud800), which decodes to no Unicode character.
     if b"\\u" in raw and has_surrogate(value):
         return BadLine("not valid JSON text: a \\u escape spells a lone surrogate, which is not a character")
     return value
+
+
+def too_deep(raw: bytes) -> bool:
+    """Whether the JSON text nests arrays and objects deeper than MAX_DEPTH. Checked before decoding:
+    Python's decoder recurses on the C stack, which a deep enough text overflows (a crash, not an
+    error) wherever the interpreter's recursion limit has been raised."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return False
+    data = np.frombuffer(raw, np.uint8)
+    positions = np.arange(len(data))
+    backslash = data == 92
+    # A quote is escaped when an odd run of backslashes stands right before it.
+    last_plain = np.maximum.accumulate(np.where(backslash, -1, positions))
+    run_before = positions - 1 - np.concatenate(([-1], last_plain[:-1]))
+    quote = (data == 34) & (run_before % 2 == 0)
+    in_string = (np.cumsum(quote) - quote) % 2 == 1
+    opens = ((data == 91) | (data == 123)) & ~in_string
+    closes = ((data == 93) | (data == 125)) & ~in_string
+    return int(np.max(np.cumsum(opens.astype(np.int64) - closes))) > MAX_DEPTH
 
 
 def has_surrogate(value) -> bool:

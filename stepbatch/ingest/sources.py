@@ -153,10 +153,11 @@ def _sniff(head: bytes, name: str) -> str:
         raise ProofSourceError(f"{name}: lines end in a lone CR (\\r); NDJSON lines end in \\n or "
                                f"\\r\\n, so convert the line endings first")
     if text.startswith(b"{"):
+        first = text.split(b"\n", 1)[0]
+        if ndjson.too_deep(first):
+            return "ndjson"  # one whole line, too deep to read: a bad row of NDJSON
         try:
-            json.loads(text.split(b"\n", 1)[0])
-        except RecursionError:
-            return "ndjson"  # the first line is one whole value, if nested too deeply to read
+            json.loads(first)
         except ValueError:
             return "json"
         return "ndjson"
@@ -198,12 +199,11 @@ def _load_json(item: _Input) -> list:
         data = handle.read()
     text = data.removeprefix(b"\xef\xbb\xbf")
     try:
-        document = json.loads(text)
-    except RecursionError:
-        try:
+        if ndjson.too_deep(text):
             return ndjson.split_document(text.decode())
-        except UnicodeDecodeError as err:
-            raise ProofSourceError(f"{item.name}: not valid UTF-8: {_one_line(err)}") from err
+        document = json.loads(text)
+    except UnicodeDecodeError as err:
+        raise ProofSourceError(f"{item.name}: not valid UTF-8: {_one_line(err)}") from err
     except ValueError as err:
         raise ProofSourceError(f"{item.name}: not valid JSON: {_one_line(err)}") from err
     if b"\\u" in text and ndjson.has_surrogate(document):

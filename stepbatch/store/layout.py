@@ -193,13 +193,15 @@ def stored_table(outcome: BatchOutcome) -> pa.Table:
 
 def verdict_chunks(outcome: BatchOutcome, seq: int) -> list[dict]:
     table = stored_table(outcome)
-    chunks = []
-    for k, first in enumerate(range(0, max(table.num_rows, 1), CHUNK_ROWS)):
-        part = table.slice(first, CHUNK_ROWS)
-        accounts = pc.unique(part.column("account_key").drop_null()).to_pylist()
-        chunks.append({"_id": f"{outcome.batch_id}#{k:06d}", "batchId": outcome.batch_id, "seq": Int64(seq),
-                       "first": first, "rows": part.num_rows, "accounts": accounts, "ipc": Binary(_ipc(part))})
-    return chunks
+    return [chunk_document(outcome.batch_id, k, first, table.slice(first, CHUNK_ROWS), seq)
+            for k, first in enumerate(range(0, max(table.num_rows, 1), CHUNK_ROWS))]
+
+
+def chunk_document(batch_id: str, k: int, first: int, rows: pa.Table, seq: int) -> dict:
+    """The `verdicts` document of rows `first`.. of a batch (STORED_SCHEMA rows)."""
+    accounts = pc.unique(rows.column("account_key").drop_null()).to_pylist()
+    return {"_id": f"{batch_id}#{k:06d}", "batchId": batch_id, "seq": Int64(seq), "first": first,
+            "rows": rows.num_rows, "accounts": accounts, "ipc": Binary(_ipc(rows))}
 
 
 def _ipc(table: pa.Table) -> bytes:
