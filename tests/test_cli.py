@@ -96,7 +96,7 @@ def test_gen_replay_report_commits_every_batch_and_every_verdict_is_the_expected
         db = client[mongo_db_name]
         assert db.batches.count_documents({}) == 3
         accepted = verdicts["code"].count("ACCEPTED")
-        assert db.triangle_events.count_documents({"eventType": "click"}) == accepted
+        assert db.nonces.count_documents({}) == accepted
 
     report = stepbatch("report", verdicts_path, "--fail-on-mismatch")
     assert report.returncode == 0, report.stderr

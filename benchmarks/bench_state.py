@@ -1,0 +1,149 @@
+"""The state layer on one served database: committed against validate-only throughput on the same
+batches, cost as the history grows, and the memory of the state cache.
+
+Starts `stepbatch db serve` as its own process on a fresh data directory (unless MONGODB_URI is set),
+generates realistic traffic (walkers that come back in every batch, attacks, subdivisions on the way),
+cuts it into batches and measures, in one run on the same cores:
+
+(a) validate-only: each batch validated and applied to a MemoryStore, so the state evolves exactly as
+    it does in the database; proofs/s over all batches;
+(b) committed: each batch finalized against the served database through `stepbatch.pipeline` (batch
+    N+1 validates while N commits); proofs/s over all batches, and per batch as the history grows;
+(c) ratio b/a, the first tenth of the batches against the last tenth, the cache's figures and the
+    process's peak RSS. `--plot` draws committed proofs/s per batch against proofs committed so far.
+
+    .venv/bin/python benchmarks/bench_state.py [--proofs 1000000] [--walkers 600] [--batch 6000]
+                                                [--plot benchmarks/results/state-history.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from stepbatch import MemoryStore, Validator
+from stepbatch.config import Config
+from stepbatch.pipeline import finalize_all
+from stepbatch.store.mongo import MongoStore
+from stepbatch.tools import gen
+
+
+def serve_database(data_dir: str) -> tuple[subprocess.Popen, str]:
+    """`stepbatch db serve` in the background; its process and MONGODB_URI."""
+    process = subprocess.Popen([sys.executable, "-m", "stepbatch", "db", "serve", "--data-dir", data_dir],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("MONGODB_URI="):
+            return process, line.strip().split("=", 1)[1]
+    raise SystemExit(f"stepbatch db serve did not start: {process.stderr.read()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--proofs", type=int, default=1_000_000)
+    parser.add_argument("--walkers", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=6_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--plot", default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    config = Config.from_env(signature_threads=os.cpu_count())
+
+    started = time.perf_counter()
+    traffic = gen.generate(walkers=args.walkers, proofs=args.proofs, seed=args.seed)
+    proofs = traffic.proofs.drop_columns(["expected_code", "attack"])
+    cuts = list(range(0, proofs.num_rows, args.batch))
+    print(f"generated {proofs.num_rows:,} proofs of {args.walkers:,} walkers in {time.perf_counter() - started:.0f} s; "
+          f"{len(cuts)} batches of {args.batch:,}", flush=True)
+
+    memory = MemoryStore(traffic.triangles, keep_verdicts=False)
+    started = time.perf_counter()
+    with Validator(memory, config) as validator:
+        for first in cuts:
+            result = validator.validate(proofs.slice(first, args.batch), f"b{first}")
+            memory.commit(result.outcome)
+    validate_s = time.perf_counter() - started
+    validate_rate = proofs.num_rows / validate_s
+    print(f"(a) validate-only: {validate_rate:,.0f} proofs/s ({validate_s:.1f} s)", flush=True)
+
+    server = None
+    uri = os.environ.get("MONGODB_URI")
+    if not uri:
+        server, uri = serve_database(tempfile.mkdtemp(prefix="stepbatch-bench-state-"))
+    try:
+        with MongoStore(uri, "bench_state", config=config) as store:
+            store.client.drop_database("bench_state")
+        with MongoStore(uri, "bench_state", config=config) as store, Validator(store, config) as validator:
+            store.add_triangles(traffic.triangles)
+            per_batch, stages, committed = [], {}, 0
+            started = last = time.perf_counter()
+            batches = ((proofs.slice(first, args.batch), f"b{first}", None) for first in cuts)
+            for _batch_id, result in finalize_all(validator, batches):
+                now = time.perf_counter()
+                per_batch.append((result.verdicts.num_rows, now - last))
+                last = now
+                committed += result.counts.get("ACCEPTED", 0)
+                for stage, seconds in result.timings.items():
+                    stages[stage] = stages.get(stage, 0.0) + seconds
+                if len(per_batch) % max(len(cuts) // 20, 1) == 0:
+                    print(f"  {sum(r for r, _ in per_batch):,} proofs: "
+                          f"{per_batch[-1][0] / per_batch[-1][1]:,.0f} proofs/s in the last batch", flush=True)
+            commit_s = time.perf_counter() - started
+            cache = store.cache.figures()
+            assert committed == store.accepted_count()
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=60)
+
+    commit_rate = proofs.num_rows / commit_s
+    rates = np.array([rows / seconds for rows, seconds in per_batch])
+    tenth = max(len(rates) // 10, 1)
+    first, last_tenth = rates[:tenth].mean(), rates[-tenth:].mean()
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"(b) committed through the pipeline: {commit_rate:,.0f} proofs/s ({commit_s:.1f} s, "
+          f"{committed:,} accepted proofs committed)")
+    print(f"    stages summed over batches (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    print(f"(c) ratio committed / validate-only: {commit_rate / validate_rate:.3f}   (goal >= 0.2)")
+    print(f"    history: first tenth {first:,.0f} proofs/s, last tenth {last_tenth:,.0f} proofs/s, "
+          f"ratio {last_tenth / first:.2f}   (goal >= 0.8)")
+    print(f"    cache: {cache['accounts']:,} accounts, {cache['triangles']:,} triangles, {cache['nonces']:,} nonces, "
+          f"~{cache['bytes'] / 2**20:.0f} MiB; process peak RSS {peak_rss_mb:,.0f} MiB")
+    report = {"proofs": proofs.num_rows, "walkers": args.walkers, "batch": args.batch,
+              "validate_per_s": validate_rate, "commit_per_s": commit_rate,
+              "ratio": commit_rate / validate_rate, "first_tenth_per_s": first, "last_tenth_per_s": last_tenth,
+              "cache": cache, "peak_rss_mb": peak_rss_mb, "stages_s": stages,
+              "per_batch": [[rows, seconds] for rows, seconds in per_batch]}
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=1)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        done = np.cumsum([rows for rows, _ in per_batch])
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.plot(done / 1e6, rates, lw=0.8, label="committed, per batch")
+        ax.axhline(validate_rate, color="grey", ls="--", lw=0.8, label="validate-only, mean")
+        ax.set_xlabel("proofs committed so far (millions)")
+        ax.set_ylabel("proofs/s")
+        ax.set_ylim(0, None)
+        ax.set_title(f"stepbatch committed throughput as the history grows ({args.batch:,}-proof batches)")
+        ax.legend(loc="lower left")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
