@@ -59,6 +59,9 @@ def migrate(client, db_name: str, progress=None) -> MigrationReport:
             progress(report)
     for name in database.OLD_COLLECTIONS:
         db.drop_collection(name)
+    for index in ("parentId_1", "level_1", "state_1"):
+        if index in db.triangles.index_information():
+            db.triangles.drop_index(index)
     db.meta.update_one({"_id": database.LAYOUT_ID}, {"$set": {"version": layout.LAYOUT_VERSION}}, upsert=True)
     db.meta.update_one({"_id": database.SEQ_ID}, {"$set": {"seq": Int64(len(batches) + 1)}}, upsert=True)
     database.ensure_schema(db)

@@ -25,6 +25,7 @@ from stepbatch.store.database import (
     ensure_schema,
     geo_lookup_is_exact,
     insert_new,
+    level_filter,
     record_seeding,
     translated_errors,
 )
@@ -102,7 +103,7 @@ def seed_mesh(db_or_store, levels: Iterable[int], bbox: Sequence[float] | None =
 def _seed_level(db, report: LevelReport, bbox, progress: bool) -> None:
     with translated_errors(f"seeding level {report.level}"):
         if bbox is None:
-            present = db.triangles.count_documents({"level": report.level})
+            present = db.triangles.count_documents(level_filter(report.level))
             if present >= report.planned:
                 report.existing = report.planned
                 return
@@ -134,11 +135,11 @@ def drop_level(db_or_store, level: int, force: bool = False) -> int:
     db = _database(db_or_store)
     mesh_levels.count_level(level)
     with translated_errors(f"dropping level {level}"):
-        clicked = db.triangles.count_documents({"level": level, "clicks": {"$gt": 0}})
+        clicked = db.triangles.count_documents({**level_filter(level), "clicks": {"$gt": 0}})
         if clicked and not force:
             raise StoreError(f"level {level} has {clicked} clicked triangle{'s' * (clicked != 1)}; "
                              f"refusing to drop it (use force to drop anyway)")
-        deleted = db.triangles.delete_many({"level": level}).deleted_count
+        deleted = db.triangles.delete_many(level_filter(level)).deleted_count
         if deleted:
             record_seeding(db, [])
         return deleted
