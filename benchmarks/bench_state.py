@@ -9,8 +9,12 @@ cuts it into batches and measures, in one run on the same cores:
     it does in the database; proofs/s over all batches;
 (b) committed: each batch finalized against the served database through `stepbatch.pipeline` (batch
     N+1 validates while N commits); proofs/s over all batches, and per batch as the history grows;
-(c) ratio b/a, the first tenth of the batches against the last tenth, the cache's figures and the
-    process's peak RSS. `--plot` draws committed proofs/s per batch against proofs committed so far.
+(c) ratio b/a, the first tenth of the batches against the last tenth (proofs/s, and batch time per
+    document written), the cache's figures and the process's peak RSS. `--plot` draws both against
+    the proofs committed so far.
+
+With `--cache-only`, no database: every validated batch is written through a `StateCache` as a
+commit would, and the cache's size is reported (its content does not depend on the database).
 
     .venv/bin/python benchmarks/bench_state.py [--proofs 1000000] [--walkers 600] [--batch 6000]
                                                 [--plot benchmarks/results/state-history.png]
@@ -32,6 +36,7 @@ import numpy as np
 from stepbatch import MemoryStore, Validator
 from stepbatch.config import Config
 from stepbatch.pipeline import finalize_all
+from stepbatch.store.cache import StateCache
 from stepbatch.store.mongo import MongoStore
 from stepbatch.tools import gen
 
@@ -54,6 +59,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--plot", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--cache-only", action="store_true")
     args = parser.parse_args()
     config = Config.from_env(signature_threads=os.cpu_count())
 
@@ -65,12 +71,22 @@ def main() -> None:
           f"{len(cuts)} batches of {args.batch:,}", flush=True)
 
     memory = MemoryStore(traffic.triangles, keep_verdicts=False)
+    cache = StateCache() if args.cache_only else None
     started = time.perf_counter()
     with Validator(memory, config) as validator:
         for first in cuts:
             result = validator.validate(proofs.slice(first, args.batch), f"b{first}")
             memory.commit(result.outcome)
+            if cache is not None:
+                cache.apply(result.outcome)
     validate_s = time.perf_counter() - started
+    if cache is not None:
+        figures = cache.figures()
+        print(f"cache after {proofs.num_rows:,} proofs: {figures['accounts']:,} accounts, "
+              f"{figures['triangles']:,} triangles, {figures['nonces']:,} nonces, "
+              f"{figures['bytes'] / 2**20:.1f} MiB; process peak RSS "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+        return
     validate_rate = proofs.num_rows / validate_s
     print(f"(a) validate-only: {validate_rate:,.0f} proofs/s ({validate_s:.1f} s)", flush=True)
 
@@ -86,18 +102,24 @@ def main() -> None:
             per_batch, stages, committed = [], {}, 0
             started = last = time.perf_counter()
             batches = ((proofs.slice(first, args.batch), f"b{first}", None) for first in cuts)
+            written = 0
             for _batch_id, result in finalize_all(validator, batches):
                 now = time.perf_counter()
-                per_batch.append((result.verdicts.num_rows, now - last))
+                writes = sum(store.writes.values()) - written
+                written += writes
+                per_batch.append((result.verdicts.num_rows, now - last, writes))
                 last = now
                 committed += result.counts.get("ACCEPTED", 0)
                 for stage, seconds in result.timings.items():
                     stages[stage] = stages.get(stage, 0.0) + seconds
                 if len(per_batch) % max(len(cuts) // 20, 1) == 0:
-                    print(f"  {sum(r for r, _ in per_batch):,} proofs: "
-                          f"{per_batch[-1][0] / per_batch[-1][1]:,.0f} proofs/s in the last batch", flush=True)
+                    rows, seconds, writes = per_batch[-1]
+                    print(f"  {sum(r for r, _, _ in per_batch):,} proofs: {rows / seconds:,.0f} proofs/s, "
+                          f"{writes:,} documents written, {seconds / max(writes, 1) * 1e6:,.0f} µs each "
+                          f"in the last batch", flush=True)
             commit_s = time.perf_counter() - started
             cache = store.cache.figures()
+            writes_by_kind = dict(store.writes)
             assert committed == store.accepted_count()
     finally:
         if server is not None:
@@ -105,23 +127,28 @@ def main() -> None:
             server.wait(timeout=60)
 
     commit_rate = proofs.num_rows / commit_s
-    rates = np.array([rows / seconds for rows, seconds in per_batch])
+    rates = np.array([rows / seconds for rows, seconds, _ in per_batch])
+    write_us = np.array([seconds / max(writes, 1) * 1e6 for _, seconds, writes in per_batch])
     tenth = max(len(rates) // 10, 1)
     first, last_tenth = rates[:tenth].mean(), rates[-tenth:].mean()
+    first_us, last_us = write_us[:tenth].mean(), write_us[-tenth:].mean()
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"(b) committed through the pipeline: {commit_rate:,.0f} proofs/s ({commit_s:.1f} s, "
           f"{committed:,} accepted proofs committed)")
-    print(f"    stages summed over batches (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    print("    stages summed over batches (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     print(f"(c) ratio committed / validate-only: {commit_rate / validate_rate:.3f}   (goal >= 0.2)")
     print(f"    history: first tenth {first:,.0f} proofs/s, last tenth {last_tenth:,.0f} proofs/s, "
           f"ratio {last_tenth / first:.2f}   (goal >= 0.8)")
+    print(f"    per document written: first tenth {first_us:,.0f} µs, last tenth {last_us:,.0f} µs, "
+          f"ratio {first_us / last_us:.2f}; documents written: {writes_by_kind}")
     print(f"    cache: {cache['accounts']:,} accounts, {cache['triangles']:,} triangles, {cache['nonces']:,} nonces, "
           f"~{cache['bytes'] / 2**20:.0f} MiB; process peak RSS {peak_rss_mb:,.0f} MiB")
     report = {"proofs": proofs.num_rows, "walkers": args.walkers, "batch": args.batch,
               "validate_per_s": validate_rate, "commit_per_s": commit_rate,
               "ratio": commit_rate / validate_rate, "first_tenth_per_s": first, "last_tenth_per_s": last_tenth,
-              "cache": cache, "peak_rss_mb": peak_rss_mb, "stages_s": stages,
-              "per_batch": [[rows, seconds] for rows, seconds in per_batch]}
+              "cache": cache, "peak_rss_mb": peak_rss_mb, "stages_s": stages, "writes": writes_by_kind,
+              "first_tenth_us_per_write": first_us, "last_tenth_us_per_write": last_us,
+              "per_batch": per_batch}
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=1)
@@ -131,15 +158,18 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        done = np.cumsum([rows for rows, _ in per_batch])
-        fig, ax = plt.subplots(figsize=(8, 4))
+        done = np.cumsum([rows for rows, _, _ in per_batch])
+        fig, (ax, cost) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
         ax.plot(done / 1e6, rates, lw=0.8, label="committed, per batch")
-        ax.axhline(validate_rate, color="grey", ls="--", lw=0.8, label="validate-only, mean")
-        ax.set_xlabel("proofs committed so far (millions)")
         ax.set_ylabel("proofs/s")
         ax.set_ylim(0, None)
-        ax.set_title(f"stepbatch committed throughput as the history grows ({args.batch:,}-proof batches)")
+        ax.set_title(f"stepbatch on SecantusDB as the history grows ({args.batch:,}-proof batches)")
         ax.legend(loc="lower left")
+        cost.plot(done / 1e6, write_us, lw=0.8, color="C1", label="batch time per document written")
+        cost.set_ylabel("µs per document")
+        cost.set_ylim(0, None)
+        cost.set_xlabel("proofs committed so far (millions)")
+        cost.legend(loc="lower left")
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
         print(f"plot: {args.plot}")

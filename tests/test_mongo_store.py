@@ -16,7 +16,8 @@ from stepbatch.config import Config
 from stepbatch.protocol import TriangleState, reward_micro
 from stepbatch.store import layout
 from stepbatch.store.base import PriorState, StaleStateError, StateKeys, StoreError
-from stepbatch.store.mongo import IN_CHUNK, MongoStore
+from stepbatch.store.mongo import MongoStore
+from stepbatch.store.reads import IN_CHUNK
 from stepbatch.store.statedigest import event_log_mismatches, replay_event_log, state_digest
 from stepbatch.tools import gen
 from stepbatch.validator import BatchConflictError

@@ -20,6 +20,7 @@ import hashlib
 import sys
 
 import numpy as np
+import pyarrow as pa
 
 # Account state: (balance_micro, proof_count, has_last, last_lat, last_lon, last_ts_ms).
 AccountState = tuple[int, int, bool, float, float, int]
@@ -107,13 +108,40 @@ class StateCache:
         while len(self.triangles) > self.max_triangles:
             self.triangles.popitem(last=False)
 
+    def apply(self, outcome) -> None:
+        """Write through a batch's effects (a `BatchOutcome`): its accounts, triangles and nonces as
+        they are after it, at the sequence number after the one it was validated at."""
+        final, keys = outcome.final, outcome.keys
+        new = outcome.prior.account_proof_count == 0
+        for i, address in enumerate(keys.accounts.to_pylist()):
+            self.put_account(address, (int(final.account_balance_micro[i]), int(final.account_proof_count[i]),
+                                       bool(final.account_has_last[i]), float(final.account_last_lat[i]),
+                                       float(final.account_last_lon[i]), int(final.account_last_ts_ms[i])),
+                             np.zeros(0, np.uint64) if new[i] else None)
+        for triangle_id, state, clicks in zip(keys.triangles.to_pylist(), final.triangle_state.tolist(),
+                                              final.triangle_clicks.tolist()):
+            self.put_triangle(triangle_id, (state, clicks))
+        used = np.flatnonzero(final.nonce_used & ~outcome.prior.nonce_used)
+        if len(used):
+            owners = keys.nonce_accounts.take(pa.array(used)).to_pylist()
+            nonces = keys.nonces.take(pa.array(used)).to_pylist()
+            by_owner: dict[str, list[str]] = {}
+            for owner, nonce in zip(owners, nonces):
+                by_owner.setdefault(owner, []).append(nonce)
+            for owner, owned in by_owner.items():
+                self.add_nonces(owner, nonce_hashes(owner, owned))
+        if outcome.prior.seq is not None:
+            self.seq = outcome.prior.seq + 1
+
     # ------------------------------------------------------------------------------ figures
 
     def memory_bytes(self) -> int:
-        """An estimate of what the cache holds: entries, their keys and the nonce arrays."""
-        per_entry = sys.getsizeof(("", 0)) + 8 * 6 + 100  # tuple, its numbers, the key string
-        arrays = sum(array.nbytes + 112 for array in self.nonces.values())
-        return (len(self.accounts) + len(self.triangles)) * per_entry + arrays
+        """What the cache holds in bytes: its dicts, every key and entry, and the nonce arrays."""
+        total = sys.getsizeof(self.accounts) + sys.getsizeof(self.triangles) + sys.getsizeof(self.nonces)
+        for entries in (self.accounts, self.triangles):
+            for key, entry in entries.items():
+                total += sys.getsizeof(key) + sys.getsizeof(entry) + sum(sys.getsizeof(v) for v in entry)
+        return total + sum(sys.getsizeof(array) for array in self.nonces.values())
 
     def figures(self) -> dict[str, int]:
         return {"accounts": len(self.accounts), "triangles": len(self.triangles),

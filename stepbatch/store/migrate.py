@@ -84,7 +84,8 @@ def _rows(batch: dict, clicks: list[dict], rejections: list[dict], subdivided: s
     } for e in clicks] + [{
         "index": r["index"], "account": r.get("account"), "nonce": r.get("nonce"), "triangle_id": r.get("triangleId"),
         "code": r["code"], "message": r.get("message", ""), "reward_micro": 0, "click_number": None,
-        "speed_mps": r.get("speedMps"), "account_key": r["account"].lower() if isinstance(r.get("account"), str) else None,
+        "speed_mps": r.get("speedMps"),
+        "account_key": r["account"].lower() if isinstance(r.get("account"), str) else None,
         "subdivided": False, "ts_ms": None, "timestamp": None, "lat": None, "lon": None, "accuracy": None,
         "signature": None,
     } for r in rejections]

@@ -9,6 +9,7 @@ fresh state (`StaleStateError`). The layout of what it writes is `stepbatch.stor
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import os
 import random
@@ -28,17 +29,11 @@ from stepbatch.config import Config
 from stepbatch.mesh import ids as mesh_ids
 from stepbatch.mesh import keys as mesh_keys
 from stepbatch.protocol import TriangleState
-from stepbatch.store import database, documents, layout
+from stepbatch.store import database, documents, layout, reads
 from stepbatch.store.base import BatchOutcome, CommittedBatch, PriorState, StaleStateError, StateKeys, StoreError, brief
-from stepbatch.store.cache import StateCache, nonce_hashes
+from stepbatch.store.cache import StateCache
 from stepbatch.store.embedded import EmbeddedServer
 
-# Keys per `{_id: {$in: [...]}}` query. SecantusDB re-applies `$in` linearly to every matched
-# document, so a query costs ~ chunk² on top of its round trip (one query of 1,000 ids: 0.6 s; of
-# 10,000: 59 s). Measured on 5,000 triangle-id lookups in an 82k-triangle collection (2 shared
-# cores, best of 3): chunks of 10 / 20 / 40 / 60 / 100 / 150 / 250 ids took
-# 77 / 59 / 58 / 64 / 80 / 105 / 153 µs per id.
-IN_CHUNK = 40
 # Documents per insert command: a client that dies mid-commit leaves the server at most one such
 # command to finish, not a whole batch.
 WRITE_CHUNK = 5_000
@@ -82,6 +77,8 @@ class MongoStore:
         # Batches whose outcome is in the cache ahead of their commit → the nonce ids they use.
         self._staged: dict[str, set[str]] = {}
         self._seeded: set[int] | None = None
+        # Documents written by committed batches, per kind: what a commit costs on this server.
+        self.writes: collections.Counter = collections.Counter()
         try:
             self.geo_index = database.ensure_schema(self.db)
         except PyMongoError as err:
@@ -117,89 +114,13 @@ class MongoStore:
                     self._seeded = None
                 state = PriorState.empty(keys)
                 state.seq = self.cache.seq
-                self._fill_accounts(keys.accounts.to_pylist(), state)
-                self._fill_triangles(keys.triangles.to_pylist(), state)
-                self._fill_nonces(keys, state)
+                db, cache = self._state_db, self.cache
+                reads.fill_accounts(db, cache, keys.accounts.to_pylist(), state)
+                reads.fill_triangles(db, cache, keys.triangles.to_pylist(), state)
+                reads.fill_nonces(db, cache, keys, state, set().union(*self._staged.values()))
         except PyMongoError as err:
             raise StoreError(f"loading state failed: {brief(err)}") from err
         return state
-
-    def _fill_accounts(self, addresses: list[str], state: PriorState) -> None:
-        cache, missing = self.cache, []
-        for i, address in enumerate(addresses):
-            entry = cache.account(address)
-            if entry is None:
-                missing.append(i)
-            else:
-                _set_account(state, i, entry)
-        if not missing:
-            return
-        found = {doc["_id"]: doc for doc in self._find_in(
-            "accounts", [addresses[i] for i in missing], {"balanceMicro": 1, "proofCount": 1, "lastProof": 1})}
-        for i in missing:
-            doc = found.get(addresses[i])
-            entry = _account_entry(doc)
-            used = self._used_nonces(addresses[i]) if entry[1] > 0 else np.zeros(0, np.uint64)
-            cache.put_account(addresses[i], entry, used)
-            _set_account(state, i, entry)
-
-    def _used_nonces(self, address: str) -> np.ndarray:
-        """Hashes of every nonce the account's accepted proofs used: one `_id` range scan."""
-        prefix = layout.nonce_id(address, "")
-        ids = [doc["_id"] for doc in self._state_db.nonces.find(
-            {"_id": {"$gte": prefix, "$lt": prefix[:-1] + ";"}}, {"_id": 1})]
-        return nonce_hashes(address, [value[len(prefix):] for value in ids])
-
-    def _fill_triangles(self, triangle_ids: list[str], state: PriorState) -> None:
-        cache, missing = self.cache, []
-        for i, triangle_id in enumerate(triangle_ids):
-            entry = cache.triangle(triangle_id)
-            if entry is None:
-                missing.append(i)
-            else:
-                state.triangle_state[i], state.triangle_clicks[i] = entry
-        if not missing:
-            return
-        found = {doc["_id"]: doc for doc in self._find_in(
-            "triangles", [triangle_ids[i] for i in missing], {"state": 1, "clicks": 1})}
-        for i in missing:
-            doc = found.get(triangle_ids[i])
-            try:
-                entry = ((documents.STATE_BY_NAME[doc["state"]], int(doc.get("clicks", 0))) if doc
-                         else (int(TriangleState.MISSING), 0))
-            except KeyError as err:
-                raise StoreError(f"triangle {triangle_ids[i]} has an unknown state: {brief(err)}") from err
-            cache.put_triangle(triangle_ids[i], entry)
-            state.triangle_state[i], state.triangle_clicks[i] = entry
-
-    def _fill_nonces(self, keys: StateKeys, state: PriorState) -> None:
-        """Every batch account is cached with all its used nonces by now, so a nonce missing from its
-        hashes is unused; a hit is confirmed by `_id` (it is a replay, or rarely a hash collision)."""
-        if len(keys.nonces) == 0:
-            return
-        encoded = pc.dictionary_encode(keys.nonce_accounts)
-        owners, owner_of = encoded.dictionary.to_pylist(), encoded.indices.to_numpy()
-        nonces = keys.nonces.to_pylist()
-        order = np.argsort(owner_of, kind="stable")
-        bounds = np.searchsorted(owner_of[order], np.arange(len(owners) + 1))
-        candidates = []
-        for k, owner in enumerate(owners):
-            rows = order[bounds[k]:bounds[k + 1]]
-            hits = self.cache.maybe_used(owner, nonce_hashes(owner, [nonces[r] for r in rows]))
-            candidates.extend(rows[hits].tolist())
-        if candidates:
-            ids = [layout.nonce_id(keys.nonce_accounts[r].as_py(), nonces[r]) for r in candidates]
-            used = {doc["_id"] for doc in self._find_in("nonces", ids, {"_id": 1})}
-            used.update(*self._staged.values())  # used by batches not committed yet
-            state.nonce_used[[r for r, value in zip(candidates, ids) if value in used]] = True
-
-    def _find_in(self, collection: str, ids: list, projection: dict) -> list[dict]:
-        """Documents whose _id is in `ids`, chunked (see IN_CHUNK)."""
-        found: list[dict] = []
-        coll = self._state_db[collection]
-        for start in range(0, len(ids), IN_CHUNK):
-            found.extend(coll.find({"_id": {"$in": ids[start:start + IN_CHUNK]}}, projection))
-        return found
 
     def committed(self, batch_id: str) -> CommittedBatch | None:
         try:
@@ -260,7 +181,7 @@ class MongoStore:
         created = self._children_to_insert(layout.unnamed_children(outcome))
         nonces = {doc["_id"] for doc in layout.nonce_documents(outcome)}
         with self._lock:
-            self._apply_to_cache(outcome)
+            self.cache.apply(outcome)
             for child in created:
                 self.cache.put_triangle(child, (int(TriangleState.ACTIVE), 0))
             self._staged[outcome.batch_id] = nonces
@@ -287,9 +208,13 @@ class MongoStore:
         except BaseException:
             self.discard_staged()
             raise
+        self.writes.update(batches=1, nonces=len(plan.nonces), verdict_chunks=len(plan.chunks),
+                           account_inserts=len(plan.account_inserts), account_updates=len(plan.account_updates),
+                           triangle_inserts=len(plan.triangle_inserts) + len(children),
+                           triangle_updates=len(plan.triangle_updates))
         with self._lock:
             if self._staged.pop(outcome.batch_id, None) is None:
-                self._apply_to_cache(outcome)
+                self.cache.apply(outcome)
                 for child in children:
                     self.cache.put_triangle(child, (int(TriangleState.ACTIVE), 0))
 
@@ -345,30 +270,8 @@ class MongoStore:
         maybe = [child for child, level in zip(children, levels) if level in self._seeded]
         if not maybe:
             return children
-        existing = {doc["_id"] for doc in self._find_in("triangles", maybe, {"_id": 1})}
+        existing = {doc["_id"] for doc in reads.find_in(self._state_db, "triangles", maybe, {"_id": 1})}
         return [child for child in children if child not in existing]
-
-    def _apply_to_cache(self, outcome: BatchOutcome) -> None:
-        final, keys, cache = outcome.final, outcome.keys, self.cache
-        new = outcome.prior.account_proof_count == 0
-        for i, address in enumerate(keys.accounts.to_pylist()):
-            cache.put_account(address, (int(final.account_balance_micro[i]), int(final.account_proof_count[i]),
-                                        bool(final.account_has_last[i]), float(final.account_last_lat[i]),
-                                        float(final.account_last_lon[i]), int(final.account_last_ts_ms[i])),
-                              np.zeros(0, np.uint64) if new[i] else None)
-        for triangle_id, state, clicks in zip(keys.triangles.to_pylist(), final.triangle_state.tolist(),
-                                              final.triangle_clicks.tolist()):
-            cache.put_triangle(triangle_id, (state, clicks))
-        used = np.flatnonzero(final.nonce_used & ~outcome.prior.nonce_used)
-        if len(used):
-            owners = pc.take(keys.nonce_accounts, pa.array(used, pa.int64())).to_pylist()
-            nonces = pc.take(keys.nonces, pa.array(used, pa.int64())).to_pylist()
-            by_owner: dict[str, list[str]] = {}
-            for owner, nonce in zip(owners, nonces):
-                by_owner.setdefault(owner, []).append(nonce)
-            for owner, owned in by_owner.items():
-                cache.add_nonces(owner, nonce_hashes(owner, owned))
-        cache.seq = outcome.prior.seq + 1
 
     # --------------------------------------------------------------------------- lifetime
 
@@ -407,14 +310,3 @@ def _levels(keys: np.ndarray) -> list[int]:
     return mesh_keys.key_levels(keys).tolist()
 
 
-def _account_entry(doc: dict | None) -> tuple:
-    if doc is None:
-        return (0, 0, False, 0.0, 0.0, 0)
-    last = doc.get("lastProof") or {}
-    return (int(doc.get("balanceMicro", 0)), int(doc.get("proofCount", 0)), "ts" in last,
-            float(last.get("lat", 0.0)), float(last.get("lon", 0.0)), int(last["ts"]) if "ts" in last else 0)
-
-
-def _set_account(state: PriorState, i: int, entry: tuple) -> None:
-    (state.account_balance_micro[i], state.account_proof_count[i], state.account_has_last[i],
-     state.account_last_lat[i], state.account_last_lon[i], state.account_last_ts_ms[i]) = entry
