@@ -2,7 +2,8 @@
 their intended verdict, and the state a validator builds from the rows it accepts.
 
 Rows arrive in batch order. The pass mirrors SPEC §4 for the rows the generator means to be accepted
-(clicks, subdivision at the 11th click, exhaustion at level 21, each walker's last accepted proof) and,
+(clicks, subdivision at the 11th click, exhaustion at level 21, each walker's last accepted proof), with
+the rule kernels of `stepbatch_kernels.rules` that the resolver uses, and,
 for every other row, checks that the state at its position lets it fail with its intended code; a row
 for which that does not hold (say a rapid-fire proof whose reference proof was never accepted) is
 dropped and changes nothing, exactly as a rejected proof changes nothing.
@@ -14,16 +15,19 @@ import numba
 import numpy as np
 from numba import types
 from numba.typed import Dict
-from stepbatch_kernels.geo import haversine_m, in_triangle, latlon_to_xyz
+
+from stepbatch_kernels.geo import in_triangle, latlon_to_xyz
 from stepbatch_kernels.jit import kernel, parallel_kernel
-from stepbatch_kernels.mesh import (
-    INVALID_KEY,
-    MAX_LEVEL,
-    child_key,
-    key_digit,
-    key_level,
-    key_vertices,
-    parent_key,
+from stepbatch_kernels.mesh import INVALID_KEY, child_key, key_digit, key_level, key_vertices, parent_key
+from stepbatch_kernels.rules import (
+    ACCEPTED,
+    ACTIVE,
+    MORATORIUM,
+    SUBDIVIDED,
+    TOO_FAST,
+    since_last,
+    state_after_click,
+    timing_code,
 )
 
 # What the pass must establish for a row, by the attack kind's role.
@@ -158,34 +162,29 @@ def plan_rows(role, walker, ts_ms, lat_deg, lon_deg, point_key, preset_key, pick
             continue
         if not _holds(claim, lat_deg[i], lon_deg[i]):
             continue
-        dt_ms = ts_ms[i] - last_ts_ms[w]
-        speed_mps = 0.0
-        if has_last[w] and dt_ms > 0:
-            speed_mps = haversine_m(last_lat[w], last_lon[w], lat_deg[i], lon_deg[i]) / (dt_ms / 1000.0)
+        dt_ms, speed_mps = since_last(last_lat[w], last_lon[w], last_ts_ms[w], lat_deg[i], lon_deg[i], ts_ms[i])
+        # Checks 10 and 11 as the resolver applies them, with thresholds moved by the margins.
         if r == ROLE_TELEPORT:
-            out_keep[i] = (has_last[w] and dt_ms >= moratorium_ms + _TIME_MARGIN_MS
-                           and speed_mps >= speed_limit_mps * _SPEED_MARGIN)
+            out_keep[i] = (has_last[w] and dt_ms >= moratorium_ms + _TIME_MARGIN_MS and timing_code(
+                True, dt_ms, speed_mps, speed_limit_mps * _SPEED_MARGIN, moratorium_ms) == TOO_FAST)
             continue
         if r == ROLE_RAPID_FIRE:
-            out_keep[i] = (has_last[w] and 0 < dt_ms <= moratorium_ms - _TIME_MARGIN_MS
-                           and speed_mps <= speed_limit_mps / _SPEED_MARGIN)
+            out_keep[i] = timing_code(has_last[w], dt_ms, speed_mps, speed_limit_mps / _SPEED_MARGIN,
+                                      moratorium_ms - _TIME_MARGIN_MS + 1) == MORATORIUM
             continue
         # An honest row: accepted exactly when SPEC §4 accepts it, with the same margins.
-        if has_last[w] and (dt_ms < moratorium_ms + _TIME_MARGIN_MS
-                            or speed_mps > speed_limit_mps / _SPEED_MARGIN):
+        if timing_code(has_last[w], dt_ms, speed_mps, speed_limit_mps / _SPEED_MARGIN,
+                       moratorium_ms + _TIME_MARGIN_MS) != ACCEPTED:
             continue
         out_keep[i] = True
         clicks = _state(triangles, claim, base_level) + 1
-        triangles[claim] = clicks
-        if clicks >= subdivide_at_clicks:
-            if key_level(claim) >= MAX_LEVEL:
-                triangles[claim] = _EXHAUSTED
-            else:
-                triangles[claim] = _SUBDIVIDED
-                for c in range(4):
-                    child = child_key(claim, c)
-                    if child not in triangles:
-                        triangles[child] = 0
+        after = state_after_click(clicks, key_level(claim), subdivide_at_clicks)
+        triangles[claim] = clicks if after == ACTIVE else _SUBDIVIDED if after == SUBDIVIDED else _EXHAUSTED
+        if after == SUBDIVIDED:
+            for c in range(4):
+                child = child_key(claim, c)
+                if child not in triangles:
+                    triangles[child] = 0
         has_last[w] = True
         last_ts_ms[w] = ts_ms[i]
         last_lat[w] = lat_deg[i]

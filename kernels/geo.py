@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 
 import numba
-from stepbatch_kernels.jit import kernel, parallel_kernel
 
 from stepbatch.protocol import EARTH_RADIUS_M
+from stepbatch_kernels.jit import kernel, parallel_kernel
 
 # SPEC §3: a point within this distance (unit-sphere units, ~6.4 µm on Earth) of an edge's great circle
 # counts as on the edge.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange
+
 from stepbatch_kernels.jit import parallel_kernel
 
 HEX_OK = 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange
+
 from stepbatch_kernels.jit import kernel, parallel_kernel
 
 RATE_BYTES = 136  # 1600-bit state minus 2 × 256-bit capacity

@@ -13,6 +13,8 @@ import math
 
 import numba
 import numpy as np
+
+from stepbatch.protocol import MAX_LEVEL
 from stepbatch_kernels.geo import (
     CAP_MARGIN_RAD,
     cap_box_relation,
@@ -29,8 +31,6 @@ from stepbatch_kernels.geo import (
     xyz_to_latlon,
 )
 from stepbatch_kernels.jit import kernel, parallel_kernel
-
-from stepbatch.protocol import MAX_LEVEL
 
 FACE_COUNT = 20
 INVALID_KEY = -1

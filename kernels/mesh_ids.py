@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+
 from stepbatch_kernels.jit import kernel, parallel_kernel
 from stepbatch_kernels.mesh import (
     FACE_COUNT,

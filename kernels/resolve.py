@@ -9,17 +9,16 @@ gives exactly the verdicts of validating the rows one at a time. The pass is inh
 from __future__ import annotations
 
 import numpy as np
-from stepbatch_kernels.geo import haversine_m
-from stepbatch_kernels.jit import kernel
 
-from stepbatch.protocol import MAX_LEVEL, Code, TriangleState
+from stepbatch.protocol import Code, TriangleState
+from stepbatch_kernels.jit import kernel
+from stepbatch_kernels.rules import since_last, state_after_click, timing_code
 
 # Numba freezes IntEnum members into the compiled code as integer constants.
-ACCEPTED, NONCE_REPLAY, MORATORIUM = Code.ACCEPTED, Code.NONCE_REPLAY, Code.MORATORIUM
-TRIANGLE_NOT_FOUND, TRIANGLE_NOT_ACTIVE = Code.TRIANGLE_NOT_FOUND, Code.TRIANGLE_NOT_ACTIVE
-OUT_OF_BOUNDS, TOO_FAST = Code.OUT_OF_BOUNDS, Code.TOO_FAST
-MISSING, ACTIVE = TriangleState.MISSING, TriangleState.ACTIVE
-SUBDIVIDED, EXHAUSTED = TriangleState.SUBDIVIDED, TriangleState.EXHAUSTED
+ACCEPTED, NONCE_REPLAY = Code.ACCEPTED, Code.NONCE_REPLAY
+TRIANGLE_NOT_FOUND, TRIANGLE_NOT_ACTIVE, OUT_OF_BOUNDS = Code.TRIANGLE_NOT_FOUND, Code.TRIANGLE_NOT_ACTIVE, \
+    Code.OUT_OF_BOUNDS
+MISSING, ACTIVE, SUBDIVIDED = TriangleState.MISSING, TriangleState.ACTIVE, TriangleState.SUBDIVIDED
 
 
 @kernel
@@ -72,19 +71,13 @@ def resolve_rows(pre_code, out_of_bounds, row_account, row_pair, row_triangle, l
             out_code[i] = OUT_OF_BOUNDS
             continue
         if account_has_last[acc]:
-            dt_ms = ts_ms[i] - account_last_ts_ms[acc]
+            dt_ms, speed_mps = since_last(account_last_lat[acc], account_last_lon[acc], account_last_ts_ms[acc],
+                                          lat_deg[i], lon_deg[i], ts_ms[i])
             out_dt_ms[i] = dt_ms
-            if dt_ms <= 0:
-                out_code[i] = TOO_FAST
-                continue
-            distance_m = haversine_m(account_last_lat[acc], account_last_lon[acc], lat_deg[i], lon_deg[i])
-            speed_mps = distance_m / (dt_ms / 1000.0)
             out_speed_mps[i] = speed_mps
-            if speed_mps > speed_limit_mps:
-                out_code[i] = TOO_FAST
-                continue
-            if dt_ms < moratorium_ms:
-                out_code[i] = MORATORIUM
+            code = timing_code(True, dt_ms, speed_mps, speed_limit_mps, moratorium_ms)
+            if code != ACCEPTED:
+                out_code[i] = code
                 continue
 
         level = triangle_level[tri]
@@ -101,12 +94,11 @@ def resolve_rows(pre_code, out_of_bounds, row_account, row_pair, row_triangle, l
         account_last_lat[acc] = lat_deg[i]
         account_last_lon[acc] = lon_deg[i]
         account_last_ts_ms[acc] = ts_ms[i]
-        if clicks >= subdivide_at_clicks:
+        after = state_after_click(clicks, level, subdivide_at_clicks)
+        if after != ACTIVE:
             out_subdivided[i] = True
-            if level >= MAX_LEVEL:
-                triangle_state[tri] = EXHAUSTED
-            else:
-                triangle_state[tri] = SUBDIVIDED
+            triangle_state[tri] = after
+            if after == SUBDIVIDED:
                 for c in range(4):
                     child = triangle_children[tri, c]
                     if child >= 0 and triangle_state[child] == MISSING:

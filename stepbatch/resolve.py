@@ -13,7 +13,6 @@ import dataclasses
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from stepbatch_kernels.resolve import resolve_rows
 
 from stepbatch.checks import StatelessResult
 from stepbatch.config import Config
@@ -21,6 +20,7 @@ from stepbatch.mesh import ids as mesh_ids
 from stepbatch.mesh import keys as mesh_keys
 from stepbatch.protocol import REWARD_MICRO
 from stepbatch.store.base import PriorState, StateKeys
+from stepbatch_kernels.resolve import resolve_rows
 
 _REWARDS = np.asarray(REWARD_MICRO, np.int64)
 _ACCOUNT_CHARS = 42  # "0x" + 40 hex digits, guaranteed for every row that passed the field rules

@@ -247,3 +247,41 @@ def test_db_serve_whose_server_was_killed_says_so_on_stderr(tmp_path):
     assert process.returncode == 1 and "stopped" not in stdout
     (line,) = stderr.strip().splitlines()
     assert line.startswith("stepbatch db serve: SecantusDB killed by signal 9; its log: ")
+
+
+@pytest.mark.mongo
+def test_a_100k_row_batch_commits_in_commands_the_server_finishes_quickly(mongo_uri, mongo_db_name):
+    """What the embedded server is sent for one large batch: no command carries more than a chunk of
+    documents, so a client that dies mid-commit leaves it about a second of work, not minutes."""
+    from pymongo import monitoring
+
+    from stepbatch.store.mongo import UPDATE_CHUNK, WRITE_CHUNK, MongoStore
+    from stepbatch.tools import gen
+
+    class Sizes(monitoring.CommandListener):
+        largest = {"insert": 0, "update": 0}
+
+        def started(self, event):
+            if event.command_name in self.largest:
+                field = "documents" if event.command_name == "insert" else "updates"
+                self.largest[event.command_name] = max(self.largest[event.command_name],
+                                                       len(event.command.get(field, ())))
+
+        def succeeded(self, event):
+            pass
+
+        def failed(self, event):
+            pass
+
+    traffic = gen.generate(walkers=2_000, proofs=100_000, seed=3)
+    sizes = Sizes()
+    with MongoStore(mongo_uri, mongo_db_name, config=CONFIG, client_options={"event_listeners": [sizes]}) as store:
+        store.add_triangles(traffic.triangles)
+        with Validator(store, CONFIG) as validator:
+            validator.finalize(traffic.proofs.slice(0, 20_000), "warm-up")
+            result = validator.finalize(traffic.proofs.slice(20_000), "large")
+        assert result.committed and result.verdicts.num_rows == 80_000
+        assert store.accepted_count() == sum(validator.store.committed(b).counts.get("ACCEPTED", 0)
+                                             for b in ("warm-up", "large"))
+    assert WRITE_CHUNK // 2 < sizes.largest["insert"] <= WRITE_CHUNK
+    assert 0 < sizes.largest["update"] <= UPDATE_CHUNK

@@ -12,7 +12,7 @@ import sys
 import pymongo
 import pytest
 
-from stepbatch.store import embedded
+from stepbatch.store import database, embedded
 from stepbatch.store.base import StoreError
 from stepbatch.store.embedded import EmbeddedServer, port_is_free
 
@@ -32,7 +32,7 @@ def test_server_starts_answers_and_stops_cleanly(tmp_path):
         pid, port = server.pid, server.port
         with pymongo.MongoClient(server.uri) as client:
             assert client.admin.command("ping")["ok"] == 1.0
-            assert client.admin.command("hello")["setName"] == "secantus"
+            assert database.transactions_work(client.stepbatch_probe)
         assert (tmp_path / "db" / embedded.LOG_NAME).read_text().count("listening on") == 1
     assert server.process is None
     assert not _pid_alive(pid)

@@ -8,9 +8,9 @@ import pytest
 from Crypto.Hash import keccak as reference_keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from stepbatch_kernels.keccak import RATE_BYTES, keccak256_fixed, keccak256_ragged
 
 from stepbatch.crypto import eip191
+from stepbatch_kernels.keccak import RATE_BYTES, keccak256_fixed, keccak256_ragged
 
 
 def reference(data: bytes) -> bytes:

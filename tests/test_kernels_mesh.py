@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from stepbatch_kernels import geo as kgeo
 from stepbatch_kernels import mesh as kmesh
-
 from tests import naive_mesh as naive
 from tests.strategies import (
     interior_weights,

@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given
-from stepbatch_kernels import mesh_ids as kids
 
 from stepbatch.mesh import ids as mesh_ids
+from stepbatch_kernels import mesh_ids as kids
 from tests import naive_mesh as naive
 from tests.conftest import load_vectors
 from tests.strategies import mesh_triangles, random_triangles

@@ -13,11 +13,11 @@ import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from stepbatch_kernels.jit import launch
-from stepbatch_kernels.keccak import DIGEST_BYTES, keccak256_fixed, keccak256_ragged
 
 from stepbatch.crypto.ecmascript import number_to_string, numbers_to_strings
 from stepbatch.protocol import PROOF_VERSION
+from stepbatch_kernels.jit import launch
+from stepbatch_kernels.keccak import DIGEST_BYTES, keccak256_fixed, keccak256_ragged
 
 EIP191_PREFIX = "\x19Ethereum Signed Message:\n"
 ADDRESS_BYTES = 20

@@ -11,6 +11,9 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from stepbatch.crypto.eip191 import ADDRESS_BYTES, as_strings, string_buffers
+from stepbatch.crypto.secp256k1 import SIGNATURE_BYTES
 from stepbatch_kernels.hexcodec import (
     HEX_BAD_DIGIT,
     HEX_BAD_LENGTH,
@@ -21,9 +24,6 @@ from stepbatch_kernels.hexcodec import (
     decode_hex_rows,
 )
 from stepbatch_kernels.jit import launch
-
-from stepbatch.crypto.eip191 import ADDRESS_BYTES, as_strings, string_buffers
-from stepbatch.crypto.secp256k1 import SIGNATURE_BYTES
 
 SIGNATURE_EXPECTED = "signature: expected 65 bytes as 130 hex digits (0x optional)"
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)

@@ -13,7 +13,6 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
-from stepbatch_kernels.keccak import DIGEST_BYTES
 
 from stepbatch.crypto import secp256k1
 from stepbatch.crypto.eip191 import (
@@ -33,6 +32,7 @@ from stepbatch.crypto.hexcodec import (
     uint8_rows,
 )
 from stepbatch.crypto.secp256k1 import MalformedSignatureError
+from stepbatch_kernels.keccak import DIGEST_BYTES
 
 
 class SignatureRecoverer:

@@ -8,7 +8,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-from stepbatch_kernels.keccak import DIGEST_BYTES
 
 from stepbatch.crypto import secp256k1
 from stepbatch.crypto.eip191 import (
@@ -20,6 +19,7 @@ from stepbatch.crypto.eip191 import (
 )
 from stepbatch.crypto.hexcodec import addresses_to_hex, uint8_rows
 from stepbatch.crypto.secp256k1 import InvalidPrivateKeyError
+from stepbatch_kernels.keccak import DIGEST_BYTES
 
 PRIVATE_KEY_BYTES = 32
 

@@ -8,7 +8,6 @@ enumeration of a level for seeding.
 from __future__ import annotations
 
 import numpy as np
-from stepbatch_kernels import mesh as kmesh
 
 from stepbatch.mesh.ids import (
     decode_id,
@@ -26,6 +25,7 @@ from stepbatch.mesh.keys import (
     vertices_of_keys,
 )
 from stepbatch.protocol import MAX_LEVEL
+from stepbatch_kernels import mesh as kmesh
 
 __all__ = ["encode_id", "decode_id", "triangle_at", "contains", "polygon", "centroid", "children",
            "parent"]

@@ -14,12 +14,12 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+
+from stepbatch.protocol import MAX_LEVEL
 from stepbatch_kernels import mesh as kmesh
 from stepbatch_kernels import mesh_ids as kids
 from stepbatch_kernels.jit import launch
 from stepbatch_kernels.mesh import FACE_COUNT
-
-from stepbatch.protocol import MAX_LEVEL
 
 ID_PREFIX = kids.ID_PREFIX.decode()
 _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"

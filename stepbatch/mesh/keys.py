@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+
+from stepbatch.mesh.ids import key_array
 from stepbatch_kernels import geo as kgeo
 from stepbatch_kernels import mesh as kmesh
 from stepbatch_kernels.jit import launch
-
-from stepbatch.mesh.ids import key_array
 
 
 def _per_key(parallel_kernel, keys, row_shape: tuple = (), dtype=np.float64) -> np.ndarray:

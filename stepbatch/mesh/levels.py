@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 import numpy as np
-from stepbatch_kernels import geo as kgeo
-from stepbatch_kernels import mesh as kmesh
-from stepbatch_kernels.jit import launch
 
 from stepbatch.mesh.ids import check_level
 from stepbatch.mesh.keys import child_keys
+from stepbatch_kernels import geo as kgeo
+from stepbatch_kernels import mesh as kmesh
+from stepbatch_kernels.jit import launch
 
 
 def check_bbox(bbox) -> tuple[float, float, float, float]:

@@ -72,6 +72,18 @@ def level_filter(level: int) -> dict:
                              "$lt": f"{mesh_ids.ID_PREFIX}{chr(65 + face)}{level}."}} for face in range(20)]}
 
 
+def transactions_work(db) -> bool:
+    """Whether the server runs a multi-document transaction (one that is aborted, on a scratch
+    collection): a standalone mongod refuses, a standalone SecantusDB does not."""
+    try:
+        with db.client.start_session() as session, session.start_transaction():
+            db.stepbatch_transaction_probe.insert_one({"probe": True}, session=session)
+            session.abort_transaction()
+        return True
+    except PyMongoError:
+        return False
+
+
 def read_seq(db, session=None) -> int:
     doc = db.meta.find_one({"_id": SEQ_ID}, session=session)
     return int(doc["seq"]) if doc is not None else 0

@@ -24,7 +24,6 @@ import pathlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from stepbatch_kernels import gen as kernel
 
 from stepbatch.config import Config
 from stepbatch.crypto import eip191, hexcodec, signing
@@ -35,6 +34,7 @@ from stepbatch.protocol import MAX_LEVEL, PROOF_VERSION, Code
 from stepbatch.schema import PROOF_SCHEMA, SIGNED_FIELDS
 from stepbatch.tools.gen import reach, tamper
 from stepbatch.tools.gen import walkers as walk
+from stepbatch_kernels import gen as kernel
 
 DEFAULT_WALKERS = 100
 DEFAULT_PROOFS = 10_000

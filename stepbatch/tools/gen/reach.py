@@ -7,13 +7,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from stepbatch_kernels.gen import ancestor_keys
-from stepbatch_kernels.jit import launch
 
 from stepbatch.mesh import keys as mesh_keys
 from stepbatch.mesh import levels as mesh_levels
 from stepbatch.protocol import EARTH_RADIUS_M
 from stepbatch.tools.gen.walkers import destination
+from stepbatch_kernels.gen import ancestor_keys
+from stepbatch_kernels.jit import launch
 
 RESERVED_COUNT = 4
 MAX_SEEDED = 1_000_000  # a seed list beyond this is a level far too fine for the walking radius
