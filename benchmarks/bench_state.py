@@ -102,12 +102,13 @@ def main() -> None:
             per_batch, stages, committed = [], {}, 0
             started = last = time.perf_counter()
             batches = ((proofs.slice(first, args.batch), f"b{first}", None) for first in cuts)
-            written = 0
+            written, kinds = 0, []
             for _batch_id, result in finalize_all(validator, batches):
                 now = time.perf_counter()
                 writes = sum(store.writes.values()) - written
                 written += writes
                 per_batch.append((result.verdicts.num_rows, now - last, writes))
+                kinds.append(dict(store.writes))
                 last = now
                 committed += result.counts.get("ACCEPTED", 0)
                 for stage, seconds in result.timings.items():
@@ -132,6 +133,15 @@ def main() -> None:
     tenth = max(len(rates) // 10, 1)
     first, last_tenth = rates[:tenth].mean(), rates[-tenth:].mean()
     first_us, last_us = write_us[:tenth].mean(), write_us[-tenth:].mean()
+    # Batch time ≈ inserts · a + updates · b: fitted on each half, a and b say whether a document
+    # costs more as the history grows, whatever the mix of inserts and updates in the batches.
+    inserted = np.diff([0] + [sum(v for k, v in w.items() if k.endswith(("inserts", "nonces", "chunks")))
+                              for w in kinds])
+    updated = np.diff([0] + [w.get("account_updates", 0) + w.get("triangle_updates", 0) for w in kinds])
+    seconds = np.array([s for _, s, _ in per_batch])
+    half = len(seconds) // 2
+    fits = [np.linalg.lstsq(np.column_stack([inserted[part], updated[part]]), seconds[part], rcond=None)[0] * 1e6
+            for part in (slice(0, half), slice(half, None))]
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"(b) committed through the pipeline: {commit_rate:,.0f} proofs/s ({commit_s:.1f} s, "
           f"{committed:,} accepted proofs committed)")
@@ -141,6 +151,8 @@ def main() -> None:
           f"ratio {last_tenth / first:.2f}   (goal >= 0.8)")
     print(f"    per document written: first tenth {first_us:,.0f} µs, last tenth {last_us:,.0f} µs, "
           f"ratio {first_us / last_us:.2f}; documents written: {writes_by_kind}")
+    print(f"    fitted cost per insert / per update: first half {fits[0][0]:,.0f} / {fits[0][1]:,.0f} µs, "
+          f"second half {fits[1][0]:,.0f} / {fits[1][1]:,.0f} µs")
     print(f"    cache: {cache['accounts']:,} accounts, {cache['triangles']:,} triangles, {cache['nonces']:,} nonces, "
           f"~{cache['bytes'] / 2**20:.0f} MiB; process peak RSS {peak_rss_mb:,.0f} MiB")
     report = {"proofs": proofs.num_rows, "walkers": args.walkers, "batch": args.batch,
@@ -148,6 +160,7 @@ def main() -> None:
               "ratio": commit_rate / validate_rate, "first_tenth_per_s": first, "last_tenth_per_s": last_tenth,
               "cache": cache, "peak_rss_mb": peak_rss_mb, "stages_s": stages, "writes": writes_by_kind,
               "first_tenth_us_per_write": first_us, "last_tenth_us_per_write": last_us,
+              "fitted_us_insert_update": [list(f) for f in fits],
               "per_batch": per_batch}
     if args.json:
         with open(args.json, "w") as handle:
