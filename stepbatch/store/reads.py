@@ -23,15 +23,25 @@ from stepbatch.store.cache import StateCache, nonce_hashes
 IN_CHUNK = 40
 
 
-def fill_accounts(db, cache: StateCache, addresses: list[str], state: PriorState) -> None:
-    """Account state from the cache, the rest (with all their used nonces) from the database."""
+def _from_cache(lookup, keys: list[str], fill) -> list[int]:
+    """`fill(i, entry)` for every key the cache holds; the positions of those it does not."""
     missing = []
-    for i, address in enumerate(addresses):
-        entry = cache.account(address)
+    for i, key in enumerate(keys):
+        entry = lookup(key)
         if entry is None:
             missing.append(i)
         else:
-            set_account(state, i, entry)
+            fill(i, entry)
+    return missing
+
+
+def _set_triangle(state: PriorState, i: int, entry: tuple) -> None:
+    state.triangle_state[i], state.triangle_clicks[i] = entry
+
+
+def fill_accounts(db, cache: StateCache, addresses: list[str], state: PriorState) -> None:
+    """Account state from the cache, the rest (with all their used nonces) from the database."""
+    missing = _from_cache(cache.account, addresses, lambda i, entry: set_account(state, i, entry))
     if not missing:
         return
     found = {doc["_id"]: doc for doc in find_in(
@@ -54,13 +64,7 @@ def used_nonces(db, address: str) -> np.ndarray:
 
 def fill_triangles(db, cache: StateCache, triangle_ids: list[str], state: PriorState) -> None:
     """Triangle state from the cache, the rest from the database (a missing one is cached as such)."""
-    missing = []
-    for i, triangle_id in enumerate(triangle_ids):
-        entry = cache.triangle(triangle_id)
-        if entry is None:
-            missing.append(i)
-        else:
-            state.triangle_state[i], state.triangle_clicks[i] = entry
+    missing = _from_cache(cache.triangle, triangle_ids, lambda i, entry: _set_triangle(state, i, entry))
     if not missing:
         return
     found = {doc["_id"]: doc for doc in find_in(
@@ -73,7 +77,7 @@ def fill_triangles(db, cache: StateCache, triangle_ids: list[str], state: PriorS
         except KeyError as err:
             raise StoreError(f"triangle {triangle_ids[i]} has an unknown state: {brief(err)}") from err
         cache.put_triangle(triangle_ids[i], entry)
-        state.triangle_state[i], state.triangle_clicks[i] = entry
+        _set_triangle(state, i, entry)
 
 
 def fill_nonces(db, cache: StateCache, keys: StateKeys, state: PriorState, pending: set[str]) -> None:
