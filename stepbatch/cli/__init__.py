@@ -28,6 +28,19 @@ class UsageError(Exception):
     """Bad arguments or unreadable input: exit code 2."""
 
 
+def int_in_range(what: str, low: int, high: int):
+    """An argparse type: an integer `low`..`high`, refused with one line naming `what`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} is an integer {low}-{high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} is an integer {low}-{high}, got {value}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stepbatch",

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from stepbatch.cli import int_in_range
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -75,11 +77,4 @@ def run_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a port is an integer 0-65535, got {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is an integer 0-65535, got {port}")
-    return port
+_port = int_in_range("a port", 0, 65535)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stepbatch.cli import UsageError
+from stepbatch.cli import UsageError, int_in_range
+from stepbatch.protocol import MAX_LEVEL
 
 
 def register(subparsers) -> None:
@@ -35,7 +36,7 @@ def register(subparsers) -> None:
         "drop", help="delete every triangle of one level",
         description="Delete the triangles of one level. Refused while any of them has clicks, "
                     "unless --force.")
-    drop.add_argument("--level", required=True, type=_level, metavar="N", help="level to drop (1-21)")
+    drop.add_argument("--level", required=True, type=_level, metavar="N", help=f"level to drop (1-{MAX_LEVEL})")
     drop.add_argument("--force", action="store_true", help="drop even clicked triangles")
     drop.add_argument("--db", default=None, help="database name (default: $STEPBATCH_DB or step)")
     drop.set_defaults(func=run_drop)
@@ -83,14 +84,7 @@ def _store(args: argparse.Namespace):
     return MongoStore(config.mongodb_uri, config.db_name, config=config)
 
 
-def _level(text: str) -> int:
-    try:
-        level = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a level is an integer 1-21, got {text!r}") from None
-    if not 1 <= level <= 21:
-        raise argparse.ArgumentTypeError(f"a level is an integer 1-21, got {level}")
-    return level
+_level = int_in_range("a level", 1, MAX_LEVEL)
 
 
 def _level_range(text: str) -> range:
