@@ -17,6 +17,8 @@ import numpy as np
 from stepbatch.protocol import MAX_LEVEL
 from stepbatch_kernels.geo import (
     CAP_MARGIN_RAD,
+    BOX_INSIDE,
+    BOX_MISS,
     cap_box_relation,
     cross,
     dot,
@@ -391,3 +393,27 @@ def cap_bbox_relations(keys, west_deg, south_deg, east_deg, north_deg, out_relat
         lat_deg, lon_deg, radius_rad = bounding_cap(keys[i])
         out_relation[i] = cap_box_relation(lat_deg, lon_deg, radius_rad,
                                            west_deg, south_deg, east_deg, north_deg)
+
+
+@parallel_kernel
+def bbox_covers_keys(keys, west_deg, south_deg, east_deg, north_deg, out_covered):
+    """Whether enumerating each key's level within the box (`stepbatch.mesh.levels`) lists the key:
+    walking down from its face, an ancestor whose cap misses the box excludes it, one whose cap lies
+    inside the box includes it, and at the key's own level any cap that meets the box includes it."""
+    for i in numba.prange(keys.shape[0]):
+        key = keys[i]
+        level = key_level(key)
+        ancestors = np.empty(level, np.int64)
+        ancestors[level - 1] = key
+        for depth in range(level - 1, 0, -1):
+            ancestors[depth - 1] = parent_key(ancestors[depth])
+        covered = False
+        for depth in range(1, level + 1):
+            lat_deg, lon_deg, radius_rad = bounding_cap(ancestors[depth - 1])
+            relation = cap_box_relation(lat_deg, lon_deg, radius_rad, west_deg, south_deg, east_deg, north_deg)
+            if relation == BOX_MISS:
+                break
+            if relation == BOX_INSIDE or depth == level:
+                covered = True
+                break
+        out_covered[i] = covered

@@ -65,6 +65,11 @@ class Pipeline:
         self._queue.put((epoch, result, future, batch, batch_id, batch_time))
         return future
 
+    @property
+    def failed(self) -> bool:
+        """Whether a commit failed (then nothing after it commits, and `submit` raises)."""
+        return self._error is not None
+
     def drain(self) -> None:
         """Wait until every submitted batch is committed (or has failed)."""
         if self.overlaps:

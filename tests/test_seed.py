@@ -44,14 +44,14 @@ def test_parent_keys_agree_with_mesh_parent(triangle):
 
 
 def test_seeding_stores_20_times_4_to_the_level_minus_1_triangles_per_level(mongo_store):
-    report = seed_mesh(mongo_store, range(1, 5), progress=False)
+    report = seed_mesh(mongo_store, range(1, 5), progress=False, materialize=True)
     assert [level.inserted for level in report.levels] == [20, 80, 320, 1280]
     for level in range(1, 5):
         assert mongo_store.db.triangles.count_documents({"level": level}) == 20 * 4 ** (level - 1)
 
 
 def test_seeded_documents_carry_geometry_parent_and_h3_cell(mongo_store):
-    seed_mesh(mongo_store, range(1, 4), progress=False)
+    seed_mesh(mongo_store, range(1, 4), progress=False, materialize=True)
     triangle_id = mesh.triangle_at(47.4979, 19.0402, 3)
     doc = mongo_store.db.triangles.find_one({"_id": triangle_id})
     face, level, path = mesh.decode_id(triangle_id)
@@ -67,24 +67,24 @@ def test_seeded_documents_carry_geometry_parent_and_h3_cell(mongo_store):
 
 
 def test_second_run_inserts_nothing(mongo_store):
-    seed_mesh(mongo_store, range(1, 4), progress=False)
-    seed_mesh(mongo_store, [8], bbox=BUDAPEST_BBOX, progress=False)
-    again = seed_mesh(mongo_store, range(1, 4), progress=False)
+    seed_mesh(mongo_store, range(1, 4), progress=False, materialize=True)
+    seed_mesh(mongo_store, [8], bbox=BUDAPEST_BBOX, progress=False, materialize=True)
+    again = seed_mesh(mongo_store, range(1, 4), progress=False, materialize=True)
     assert again.inserted == 0 and again.existing == 420
-    again = seed_mesh(mongo_store, [8], bbox=BUDAPEST_BBOX, progress=False)
+    again = seed_mesh(mongo_store, [8], bbox=BUDAPEST_BBOX, progress=False, materialize=True)
     assert again.inserted == 0 and again.existing == again.planned
 
 
 def test_interrupted_seeding_is_finished_by_running_it_again(mongo_store):
     mongo_store.add_triangles(mesh_ids.encode_keys(next(mesh_levels.iter_level_keys(4, chunk=500))).to_pylist())
-    report = seed_mesh(mongo_store, [4], progress=False)
+    report = seed_mesh(mongo_store, [4], progress=False, materialize=True)
     assert (report.levels[0].inserted, report.levels[0].existing) == (1280 - 500, 500)
     assert mongo_store.db.triangles.count_documents({"level": 4}) == 1280
 
 
 def test_bbox_seeding_is_deterministic_and_covers_the_box(mongo_store):
     planned = mesh_levels.count_level(10, BUDAPEST_BBOX)
-    report = seed_mesh(mongo_store, [10], bbox=BUDAPEST_BBOX, progress=False)
+    report = seed_mesh(mongo_store, [10], bbox=BUDAPEST_BBOX, progress=False, materialize=True)
     assert report.levels[0].inserted == planned == mesh_levels.count_level(10, BUDAPEST_BBOX)
     # Level-10 triangles are ~15 km across: a 0.3° × 0.2° box needs a handful, not the level's 5M.
     assert 2 <= planned <= 200
@@ -95,7 +95,7 @@ def test_bbox_seeding_is_deterministic_and_covers_the_box(mongo_store):
 
 
 def test_drop_refuses_a_level_with_clicked_triangles_unless_forced(mongo_store):
-    seed_mesh(mongo_store, range(2, 4), progress=False)
+    seed_mesh(mongo_store, range(2, 4), progress=False, materialize=True)
     clicked = mesh.triangle_at(47.4979, 19.0402, 3)
     mongo_store.db.triangles.update_one({"_id": clicked}, {"$set": {"clicks": 2}})
     with pytest.raises(StoreError, match="level 3 has 1 clicked triangle;"):
@@ -106,8 +106,9 @@ def test_drop_refuses_a_level_with_clicked_triangles_unless_forced(mongo_store):
     assert mongo_store.db.triangles.count_documents({}) == 0
 
 
-def test_triangles_at_finds_the_containing_triangle_of_each_seeded_level(mongo_store):
-    seed_mesh(mongo_store, range(1, 5), progress=False)
+@pytest.mark.parametrize("materialize", [False, True])
+def test_triangles_at_finds_the_containing_triangle_of_each_seeded_level(mongo_store, materialize):
+    seed_mesh(mongo_store, range(1, 5), progress=False, materialize=materialize)
     for lat, lon in ((47.4979, 19.0402), (89.9, 10.0), (-33.9, 151.2)):
         found = triangles_at(mongo_store, lat, lon)
         assert [doc["level"] for doc in found] == [1, 2, 3, 4]
@@ -121,6 +122,9 @@ def test_cli_seeds_and_drops_levels(mongo_uri, mongo_db_name, mongo_store, capsy
     assert main(common + ["seed", "--levels", "1-2", "--dry-run"]) == 0
     assert "dry run" in capsys.readouterr().out
     assert main(common + ["seed", "--levels", "1-2", "--db", mongo_db_name]) == 0
+    assert mongo_store.db.triangles.count_documents({}) == 0
+    assert "declared" in capsys.readouterr().out
+    assert main(common + ["seed", "--levels", "1-2", "--materialize", "--db", mongo_db_name]) == 0
     assert mongo_store.db.triangles.count_documents({}) == 100
     mongo_store.db.triangles.update_one({"level": 2}, {"$set": {"clicks": 1}})
     assert main(common + ["drop", "--level", "2", "--db", mongo_db_name]) == 1

@@ -21,6 +21,7 @@ COMMANDS = {
     "bench": "bench",
     "report": "report",
     "db": "db",
+    "serve": "serve",
 }
 
 

@@ -165,6 +165,7 @@ class _RunStore:
         self.label, self.traffic, self.uri, self.config = label, traffic, uri, config
 
     def __enter__(self):
+        from stepbatch.mesh.regions import IdRegion
         from stepbatch.store.memory import MemoryStore
         from stepbatch.store.mongo import MongoStore
 
@@ -173,7 +174,7 @@ class _RunStore:
             return self.store
         self.name = f"stepbatch_bench_{uuid.uuid4().hex[:12]}"
         self.store = MongoStore(self.uri, self.name, config=self.config)
-        self.store.add_triangles(self.traffic.triangles)
+        self.store.declare(IdRegion.of_ids(self.traffic.triangles))
         return self.store
 
     def __exit__(self, *exc):

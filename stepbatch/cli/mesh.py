@@ -16,26 +16,30 @@ def register(subparsers) -> None:
     commands = parser.add_subparsers(dest="mesh_command", metavar="ACTION", required=True)
 
     seed = commands.add_parser(
-        "seed", help="insert every triangle of some levels (idempotent, resumable)",
+        "seed", help="declare mesh levels (whole, or near a box) so their triangles exist",
         description=(
-            "Insert the triangles of levels A..B, with polygon, centroid and h3 cell, into the "
-            "triangles collection. Triangles already there are left as they are, so an interrupted "
-            "run is finished by running it again. Level L has 20·4^(L-1) triangles (level 10: "
-            "5,242,880); use --bbox to seed a region and --dry-run to see counts and sizes first."))
+            "Declare levels A..B (whole, or only the triangles near --bbox): from then on each of their "
+            "triangles exists, active with 0 clicks, and gets a document the first time its state "
+            "changes. Declaring takes a moment whatever the size (level 10 alone has 5,242,880 "
+            "triangles). --materialize also inserts a document per triangle, with polygon, centroid "
+            "and h3 cell (idempotent: an interrupted run is finished by running it again). --dry-run "
+            "shows what a declaration covers and what materializing it would store."))
     seed.add_argument("--levels", required=True, type=_level_range, metavar="A-B",
                       help="levels to seed, e.g. 1-8 (or one level, e.g. 12)")
     seed.add_argument("--bbox", type=_bbox, default=None, metavar="W,S,E,N",
                       help="only triangles near this box, in degrees (W > E crosses the antimeridian)")
     seed.add_argument("--dry-run", action="store_true",
-                      help="print counts and a storage estimate; write nothing")
+                      help="print what the declaration covers and a storage estimate; write nothing")
+    seed.add_argument("--materialize", action="store_true",
+                      help="also insert one document per triangle (slow for deep levels)")
     seed.add_argument("--db", default=None, help="database name (default: $STEPBATCH_DB or step)")
     seed.add_argument("--no-progress", action="store_true", help="no progress bar")
     seed.set_defaults(func=run_seed)
 
     drop = commands.add_parser(
-        "drop", help="delete every triangle of one level",
-        description="Delete the triangles of one level. Refused while any of them has clicks, "
-                    "unless --force.")
+        "drop", help="take one level out of the declarations and delete its triangles",
+        description="Take one level out of every declaration and delete its triangle documents. "
+                    "Refused while any of them has clicks, unless --force.")
     drop.add_argument("--level", required=True, type=_level, metavar="N", help=f"level to drop (1-{MAX_LEVEL})")
     drop.add_argument("--force", action="store_true", help="drop even clicked triangles")
     drop.add_argument("--db", default=None, help="database name (default: $STEPBATCH_DB or step)")
@@ -53,17 +57,24 @@ def run_seed(args: argparse.Namespace) -> int:
     else:
         with _store(args) as store:
             try:
-                report = seed_mesh(store, args.levels, bbox=args.bbox,
+                report = seed_mesh(store, args.levels, bbox=args.bbox, materialize=args.materialize,
                                    progress=not args.no_progress and sys.stderr.isatty())
             except ValueError as err:
                 raise UsageError(str(err)) from err
-    print(f"{'level':>5} {'triangles':>12} {'inserted':>12} {'existing':>12} {'est. MB':>10} "
+    print(f"{'level':>5} {'triangles':>14} {'documents':>12} {'existing':>12} {'est. MB':>10} "
           f"{'seconds':>8}")
     for level in report.levels:
-        print(f"{level.level:>5} {level.planned:>12,} {level.inserted:>12,} {level.existing:>12,} "
+        print(f"{level.level:>5} {level.planned:>14,} {level.inserted:>12,} {level.existing:>12,} "
               f"{level.estimated_bytes / 1e6:>10.1f} {level.seconds:>8.1f}")
-    print(f"{'total':>5} {report.planned:>12,} {report.inserted:>12,} {report.existing:>12,} "
-          f"{report.estimated_bytes / 1e6:>10.1f}" + ("   (dry run: nothing written)" if args.dry_run else ""))
+    print(f"{'total':>5} {report.planned:>14,} {report.inserted:>12,} {report.existing:>12,} "
+          f"{report.estimated_bytes / 1e6:>10.1f} {report.seconds:>8.1f}")
+    if args.dry_run:
+        print("dry run: nothing written (est. MB is what --materialize would store)")
+    elif args.materialize:
+        print(f"declared and materialized {report.planned:,} triangles")
+    else:
+        print(f"declared {report.planned:,} triangles in {report.seconds:.2f} s; each gets a document "
+              f"when its state first changes (--materialize writes them all now)")
     return 0
 
 

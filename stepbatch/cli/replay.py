@@ -37,6 +37,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from stepbatch.config import Config
     from stepbatch.store.base import StoreError
+    from stepbatch.mesh.regions import IdRegion
     from stepbatch.store.memory import MemoryStore
     from stepbatch.tools.replay import ReplayError, print_summary, replay
     from stepbatch.validator import Validator
@@ -48,13 +49,14 @@ def run(args: argparse.Namespace) -> int:
     triangles = _triangle_ids(args.triangles) if args.triangles else []
     config = Config.from_env(mongodb_uri=args.mongodb_uri)
 
-    if args.no_commit and triangles:
-        store = MemoryStore(triangles, keep_verdicts=False)
+    region = IdRegion.of_ids(triangles) if triangles else None
+    if args.no_commit and region is not None:
+        store = MemoryStore(keep_verdicts=False, regions=[region])
     else:
         from stepbatch.store.mongo import MongoStore
         database = MongoStore(config.mongodb_uri, config.db_name, config=config)
-        if triangles:
-            database.add_triangles(triangles)
+        if region is not None:
+            database.declare(region)
         store = MemoryStore(backing=database, keep_verdicts=False) if args.no_commit else database
 
     bar = None if args.quiet else _progress_bar(args.inputs)

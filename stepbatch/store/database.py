@@ -1,6 +1,9 @@
-"""The database behind `MongoStore`: collections and indexes, the layout version, the commit sequence.
+"""The database behind `MongoStore`: collections and indexes, the layout version, the commit sequence,
+the declared regions of the mesh.
 
-The `meta` collection holds three small documents: `layout` (the version of `stepbatch.store.layout`
+`regions` holds the declarations of `stepbatch.mesh.regions`: one document per levels region, and an
+explicit id list as sorted packed keys in chunks of ID_CHUNK keys. The `meta` collection holds three
+small documents: `layout` (the version of `stepbatch.store.layout`
 the database was written with), `commitSeq` (advanced by every commit and by every seeding, so a
 validator's cache can tell whether anyone else wrote) and `seededLevels` (the levels that have
 triangle documents not created by a subdivision, so a subdivision knows when its children may exist).
@@ -11,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import re
 
+import numpy as np
+from bson.binary import Binary
 from bson.int64 import Int64
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
@@ -18,10 +23,12 @@ from stepbatch import mesh
 from stepbatch.mesh import ids as mesh_ids
 from stepbatch.mesh import keys as mesh_keys
 from stepbatch.mesh import levels as mesh_levels
+from stepbatch.mesh.regions import IdRegion, LevelRegion, Regions
 from stepbatch.store.base import StoreError, brief
 from stepbatch.store.layout import LAYOUT_VERSION
 
 DUPLICATE_KEY = 11000
+ID_CHUNK = 1_000_000  # packed keys per `regions` document: 8 MB, half of BSON's limit
 SEQ_ID, LAYOUT_ID, SEEDED_ID = "commitSeq", "layout", "seededLevels"
 # Collections of the first layout (one document per event and per rejection), which `stepbatch db
 # migrate` moves into `nonces` and `verdicts`.
@@ -101,6 +108,39 @@ def record_seeding(db, levels) -> None:
     db.meta.update_one({"_id": SEEDED_ID}, {"$addToSet": {"levels": {"$each": sorted(set(levels))}}},
                        upsert=True)
     db.meta.update_one({"_id": SEQ_ID}, {"$inc": {"seq": Int64(1)}}, upsert=True)
+
+
+def read_regions(db, session=None) -> Regions:
+    regions, keys = [], []
+    for doc in db.regions.find({}, session=session).sort("_id", 1):
+        if doc.get("kind") == "ids":
+            keys.append(np.frombuffer(bytes(doc["keys"]), "<i8"))
+        else:
+            regions.append(LevelRegion(int(doc["first"]), int(doc["last"]),
+                                       tuple(doc["bbox"]) if doc.get("bbox") else None))
+    if keys:
+        regions.append(IdRegion(np.unique(np.concatenate(keys))))
+    return Regions.of(regions)
+
+
+def write_regions(db, regions: Regions) -> None:
+    """Make `regions` the database's declarations, and move the sequence so caches are re-read."""
+    docs = []
+    for region in regions:
+        if isinstance(region, LevelRegion):
+            docs.append({"_id": f"levels:{region.first}-{region.last}:{region.bbox}", "kind": "levels",
+                         "first": region.first, "last": region.last,
+                         "bbox": list(region.bbox) if region.bbox is not None else None})
+        else:
+            for k, start in enumerate(range(0, len(region.keys), ID_CHUNK)):
+                chunk = region.keys[start:start + ID_CHUNK].astype("<i8")
+                docs.append({"_id": f"ids#{k:06d}", "kind": "ids", "count": len(chunk),
+                             "keys": Binary(chunk.tobytes())})
+    with db.client.start_session() as session, session.start_transaction():
+        db.regions.delete_many({}, session=session)
+        if docs:
+            db.regions.insert_many(docs, session=session)
+        db.meta.update_one({"_id": SEQ_ID}, {"$inc": {"seq": Int64(1)}}, upsert=True, session=session)
 
 
 def seeded_levels(db) -> set[int]:

@@ -65,7 +65,7 @@ class CommitPlan:
     account_inserts: list[dict]  # accounts without an accepted proof before this batch
     account_updates: list[tuple[dict, dict]]  # (filter guarded on the prior proofCount, $set)
     triangle_inserts: list[dict]  # triangles this batch brought into existence
-    triangle_updates: list[tuple[dict, dict]]  # (filter guarded on the prior clicks and state, $set)
+    triangle_updates: list[tuple]  # (filter guarded on the prior clicks and state, update[, upsert])
     children: list[str]  # children of triangles this batch subdivided that it did not name
     triangle_states: dict[str, tuple[int, int]]  # what the batch leaves in `triangles`, for the cache
 
@@ -98,6 +98,11 @@ def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime) -> CommitPlan
         return values
 
     created = np.flatnonzero(~existed & (final.triangle_state != TriangleState.MISSING))
+    updated = np.flatnonzero(existed & changed)
+    # A triangle active with no clicks before this batch may exist only by a declared region; its
+    # update is an upsert that writes its document then (see `_triangle_update`).
+    first = updated[(prior.triangle_state[updated] == TriangleState.ACTIVE) & (prior.triangle_clicks[updated] == 0)]
+    pristine = dict(zip(first.tolist(), triangle_documents(triangle_keys[first], now)))
     triangle_inserts = [{**document, **fields(i)} for i, document in
                         zip(created.tolist(), triangle_documents(triangle_keys[created], now))]
     account_inserts, account_updates = _account_writes(outcome, now)
@@ -107,13 +112,24 @@ def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime) -> CommitPlan
         chunks=verdict_chunks(outcome, seq),
         account_inserts=account_inserts, account_updates=account_updates,
         triangle_inserts=triangle_inserts,
-        triangle_updates=[({"_id": triangle_ids[i], "clicks": int(prior.triangle_clicks[i]),
-                            "state": _STATE_NAMES[prior.triangle_state[i]]}, {"$set": fields(i)})
-                          for i in np.flatnonzero(existed & changed).tolist()],
+        triangle_updates=[_triangle_update(triangle_ids[i], prior, i, fields(i), pristine.get(i))
+                          for i in updated.tolist()],
         children=unnamed,
         triangle_states=dict(zip(triangle_ids, zip(final.triangle_state.tolist(),
                                                    final.triangle_clicks.tolist()))),
     )
+
+
+def _triangle_update(triangle_id: str, prior, i: int, values: dict, document: dict | None) -> tuple:
+    """(filter, update[, upsert]) of one triangle, guarded on its state before the batch. Its first
+    change (`document` given) upserts: a declared triangle gets its document, a stored one is updated,
+    and one another writer changed meanwhile fails on its duplicate `_id`."""
+    guard = {"_id": triangle_id, "clicks": int(prior.triangle_clicks[i]),
+             "state": _STATE_NAMES[prior.triangle_state[i]]}
+    if document is None:
+        return guard, {"$set": values}
+    rest = {k: v for k, v in document.items() if k not in values and k not in guard}
+    return guard, {"$set": values, "$setOnInsert": rest}, True
 
 
 def subdivisions(outcome: BatchOutcome, triangle_keys: np.ndarray | None = None) -> dict[int, list[str]]:

@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from stepbatch import mesh
+from stepbatch.mesh.regions import Region, Regions
 from stepbatch.protocol import TriangleState
 from stepbatch.store.base import (
     BatchOutcome,
@@ -42,7 +43,7 @@ class MemoryStore:
     """
 
     def __init__(self, triangles: Iterable[str] = (), backing: Store | None = None,
-                 keep_verdicts: bool = True):
+                 keep_verdicts: bool = True, regions: Iterable[Region] = ()):
         self._lock = threading.Lock()
         self.backing = backing
         self.keep_verdicts = keep_verdicts
@@ -52,7 +53,13 @@ class MemoryStore:
         # from holding a copy of the address for every proof.
         self.nonces: dict[str, set[str]] = {}
         self.batches: dict[str, CommittedBatch] = {}
+        self.regions = Regions.of(regions)
         self.add_triangles(triangles)
+
+    def declare(self, region: Region) -> None:
+        """Declare a region: its triangles exist (active, 0 clicks) until a batch changes them."""
+        with self._lock:
+            self.regions = self.regions.plus(region)
 
     def add_triangles(self, triangle_ids: Iterable[str]) -> None:
         """Make these triangles exist (active, 0 clicks); ones that already exist are left as they are."""
@@ -74,14 +81,24 @@ class MemoryStore:
                     state.account_has_last[i] = True
                     (state.account_last_lat[i], state.account_last_lon[i],
                      state.account_last_ts_ms[i]) = account.last
-            for i, triangle_id in enumerate(keys.triangles.to_pylist()):
+            triangle_ids = keys.triangles.to_pylist()
+            for i, triangle_id in enumerate(triangle_ids):
                 triangle = self.triangles.get(triangle_id)
                 if triangle is not None:
                     state.triangle_state[i], state.triangle_clicks[i] = triangle
+            self._overlay_regions(triangle_ids, state.triangle_state)
             pairs = zip(keys.nonce_accounts.to_pylist(), keys.nonces.to_pylist())
             state.nonce_used |= np.fromiter((nonce in self.nonces.get(account, ()) for account, nonce
                                              in pairs), np.bool_, len(keys.nonces))
         return state
+
+    def _overlay_regions(self, triangle_ids: list[str], states: np.ndarray) -> None:
+        """Triangles nobody holds that a declared region covers exist, active with no clicks."""
+        if not self.regions:
+            return
+        unknown = np.flatnonzero(states == TriangleState.MISSING)
+        covered = unknown[self.regions.covers_ids([triangle_ids[i] for i in unknown])]
+        states[covered] = TriangleState.ACTIVE
 
     def accepted_count(self) -> int:
         """Accepted proofs the store holds: the sum of its accounts' proof counts."""
@@ -144,11 +161,14 @@ class MemoryStore:
                 continue
             if (account.proof_count if account else 0) != prior.account_proof_count[i]:
                 return False
-        for i, triangle_id in enumerate(keys.triangles.to_pylist()):
+        triangle_ids = keys.triangles.to_pylist()
+        held = [self.triangles.get(triangle_id, (TriangleState.MISSING, 0)) for triangle_id in triangle_ids]
+        states = np.array([state for state, _ in held], np.int8)
+        self._overlay_regions(triangle_ids, states)
+        for i, triangle_id in enumerate(triangle_ids):
             if triangle_id not in self.triangles and self.backing is not None:
                 continue
-            state, clicks = self.triangles.get(triangle_id, (TriangleState.MISSING, 0))
-            if state != prior.triangle_state[i] or clicks != prior.triangle_clicks[i]:
+            if states[i] != prior.triangle_state[i] or held[i][1] != prior.triangle_clicks[i]:
                 return False
         return True
 

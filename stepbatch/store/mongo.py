@@ -28,6 +28,7 @@ from pymongo.errors import PyMongoError
 from stepbatch.config import Config
 from stepbatch.mesh import ids as mesh_ids
 from stepbatch.mesh import keys as mesh_keys
+from stepbatch.mesh.regions import Region, Regions
 from stepbatch.protocol import TriangleState
 from stepbatch.store import database, documents, layout, reads
 from stepbatch.store.base import BatchOutcome, CommittedBatch, PriorState, StaleStateError, StateKeys, StoreError, brief
@@ -82,6 +83,7 @@ class MongoStore:
         # Batches whose outcome is in the cache ahead of their commit → the nonce ids they use.
         self._staged: dict[str, set[str]] = {}
         self._seeded: set[int] | None = None
+        self._regions: Regions | None = None
         # Documents written by committed batches, per kind: what a commit costs on this server.
         self.writes: collections.Counter = collections.Counter()
         try:
@@ -107,6 +109,24 @@ class MongoStore:
                 database.record_seeding(self.db, _levels(keys))
         return inserted
 
+    @property
+    def regions(self) -> Regions:
+        """The declared regions of the mesh, as the database holds them now."""
+        with database.translated_errors("reading the declared regions"):
+            return database.read_regions(self._state_db)
+
+    def _declared(self) -> Regions:
+        """The declared regions as of the cache's sequence number (re-read when it moves)."""
+        if self._regions is None:
+            self._regions = database.read_regions(self._state_db)
+        return self._regions
+
+    def declare(self, region: Region) -> None:
+        """Declare a region: its triangles exist from now on, without a document each."""
+        with self._lock, database.translated_errors("declaring a region"):
+            database.write_regions(self.db, database.read_regions(self.db).plus(region))
+            self._regions = None
+
     # ------------------------------------------------------------------------------- reads
 
     def load_state(self, keys: StateKeys) -> PriorState:
@@ -117,11 +137,12 @@ class MongoStore:
                 if self.cache.seq is None or not (seq <= self.cache.seq <= seq + len(self._staged)):
                     self.cache.clear(seq)
                     self._seeded = None
+                    self._regions = None
                 state = PriorState.empty(keys)
                 state.seq = self.cache.seq
                 db, cache = self._state_db, self.cache
                 reads.fill_accounts(db, cache, keys.accounts.to_pylist(), state)
-                reads.fill_triangles(db, cache, keys.triangles.to_pylist(), state)
+                reads.fill_triangles(db, cache, keys.triangles.to_pylist(), state, self._declared())
                 reads.fill_nonces(db, cache, keys, state, set().union(*self._staged.values()))
         except PyMongoError as err:
             raise StoreError(f"loading state failed: {brief(err)}") from err
@@ -296,13 +317,16 @@ class MongoStore:
 
 
 def _guarded_updates(collection, updates: list, what: str, session) -> None:
-    """Apply (filter, update) pairs whose filters hold the state the batch was validated against;
-    any that no longer matches means a writer outside the sequence protocol moved it."""
+    """Apply (filter, update[, upsert]) whose filters hold the state the batch was validated against;
+    any that no longer matches means a writer outside the sequence protocol moved it. An upsert's
+    filter that no longer matches a document that exists fails on the duplicate `_id`."""
     for start in range(0, len(updates), UPDATE_CHUNK):
         part = updates[start:start + UPDATE_CHUNK]
-        result = collection.bulk_write([UpdateOne(*op) for op in part], ordered=False, session=session)
-        if result.matched_count != len(part):
-            raise StaleStateError(f"{len(part) - result.matched_count} of the batch's {what} changed "
+        result = collection.bulk_write([UpdateOne(*op[:2], upsert=len(op) > 2 and op[2]) for op in part],
+                                       ordered=False, session=session)
+        done = result.matched_count + result.upserted_count
+        if done != len(part):
+            raise StaleStateError(f"{len(part) - done} of the batch's {what} changed "
                                   f"since its state was loaded")
 
 

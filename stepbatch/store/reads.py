@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.compute as pc
 
+from stepbatch.mesh.regions import Regions
 from stepbatch.protocol import TriangleState
 from stepbatch.store import documents, layout
 from stepbatch.store.base import PriorState, StateKeys, StoreError, brief
@@ -62,18 +63,21 @@ def used_nonces(db, address: str) -> np.ndarray:
     return nonce_hashes(address, [value[len(prefix):] for value in ids])
 
 
-def fill_triangles(db, cache: StateCache, triangle_ids: list[str], state: PriorState) -> None:
-    """Triangle state from the cache, the rest from the database (a missing one is cached as such)."""
+def fill_triangles(db, cache: StateCache, triangle_ids: list[str], state: PriorState,
+                   regions: Regions) -> None:
+    """Triangle state from the cache, the rest from the database: a triangle without a document is
+    active with no clicks where a declared region covers it, and missing otherwise."""
     missing = _from_cache(cache.triangle, triangle_ids, lambda i, entry: _set_triangle(state, i, entry))
     if not missing:
         return
     found = {doc["_id"]: doc for doc in find_in(
         db, "triangles", [triangle_ids[i] for i in missing], {"state": 1, "clicks": 1})}
-    for i in missing:
+    declared = regions.covers_ids([triangle_ids[i] for i in missing])
+    for i, covered in zip(missing, declared.tolist()):
         doc = found.get(triangle_ids[i])
         try:
             entry = ((documents.STATE_BY_NAME[doc["state"]], int(doc.get("clicks", 0))) if doc
-                     else (int(TriangleState.MISSING), 0))
+                     else (int(TriangleState.ACTIVE if covered else TriangleState.MISSING), 0))
         except KeyError as err:
             raise StoreError(f"triangle {triangle_ids[i]} has an unknown state: {brief(err)}") from err
         cache.put_triangle(triangle_ids[i], entry)

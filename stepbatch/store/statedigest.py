@@ -1,8 +1,8 @@
 """What a database holds, made comparable: a canonical digest of the state and the state re-derived
 from the stored verdicts.
 
-`state_digest` lets two validators (or two runs) check that they hold the same triangles, accounts,
-used nonces and verdicts, whatever order the documents were written in. `replay_event_log` recomputes
+`state_digest` lets two validators (or two runs) check that they hold the same declared regions,
+triangles, accounts, used nonces and verdicts, whatever order the documents were written in. `replay_event_log` recomputes
 balances, clicks, proof counts and used nonces from the accepted rows of the `verdicts` chunks alone,
 and `event_log_mismatches` lists every way the stored state differs from that: a lost click, a reused
 nonce, a nonce without its proof or a double reward all show up there.
@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import json
 
+import numpy as np
 import pyarrow.compute as pc
 from bson import ObjectId
 from bson.datetime_ms import DatetimeMS
@@ -24,7 +25,9 @@ from bson.int64 import Int64
 from stepbatch import mesh
 from stepbatch.ingest.timestamps import epoch_ms
 from stepbatch.protocol import MAX_LEVEL, Code
+from stepbatch.mesh.regions import Regions
 from stepbatch.store import layout
+from stepbatch.store.database import read_regions
 
 DIGEST_COLLECTIONS = ("triangles", "accounts", "nonces", "verdicts")
 # Wall-clock times of the writes: two validators committing the same batches differ only in these.
@@ -37,13 +40,28 @@ def state_digest(db) -> str:
     Each document is reduced to a canonical text (sorted keys, typed values, floats exact) without its
     write times and without an ObjectId `_id` (which only says where and when it was inserted); the
     per-document hashes are sorted, so insertion order does not matter."""
-    sha = hashlib.sha256(b"STEP-STATE-v2\n")
+    regions = read_regions(db)
+    sha = hashlib.sha256(b"STEP-STATE-v3\n")
+    sha.update(f"regions:{regions.fingerprint()}\n".encode())
     for name in DIGEST_COLLECTIONS:
+        docs = db[name].find({})
+        if name == "triangles":
+            docs = _not_implied(list(docs), regions)
         hashes = sorted(hashlib.sha256(_canonical_text(_readable(name, doc)).encode()).digest()
-                        for doc in db[name].find({}))
+                        for doc in docs)
         sha.update(f"{name}:{len(hashes)}\n".encode())
         sha.update(b"".join(hashes))
     return sha.hexdigest()
+
+
+def _not_implied(triangles: list[dict], regions: Regions) -> list[dict]:
+    """The triangle documents the declared regions do not already imply: a document of a covered
+    triangle that is still active, unclicked and childless says nothing a declaration does not (it
+    is what `mesh seed --materialize` writes), so it does not count."""
+    pristine = [i for i, doc in enumerate(triangles) if doc.get("state") == "active"
+                and not doc.get("clicks") and not doc.get("childrenIds")]
+    implied = {pristine[k] for k in np.flatnonzero(regions.covers_ids([triangles[i]["_id"] for i in pristine]))}
+    return [doc for i, doc in enumerate(triangles) if i not in implied]
 
 
 def _readable(collection: str, doc: dict) -> dict:

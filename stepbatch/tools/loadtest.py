@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from stepbatch.batching import SIZE, WAIT, BatchPolicy
 from stepbatch.pipeline import Pipeline
 from stepbatch.schema import SIGNED_FIELDS
 from stepbatch.validator import Validator
@@ -148,13 +149,10 @@ class MicroBatcher:
 
     def __init__(self, validator: Validator, batch_size: int, max_wait_ms: float, commit: bool = True,
                  clock=None, run_id: str = "load"):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        self.policy = BatchPolicy.of(batch_size, max_wait_ms)
         self.validator = validator
         self.batch_size = batch_size
-        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_wait_s = self.policy.max_wait_s
         self.commit = commit
         self.clock = clock or MonotonicClock()
         self.run_id = run_id
@@ -179,16 +177,17 @@ class MicroBatcher:
                 self.clock.sleep_until(arrival_s[next_row])
                 continue
             full_row = next_row + self.batch_size
-            if arrived >= full_row:
-                tracker.process(next_row, full_row, "size", arrival_s[next_row:full_row])
+            closed_on = self.policy.closes(arrived - next_row, arrival_s[next_row], now_s)
+            if closed_on == SIZE:
+                tracker.process(next_row, full_row, SIZE, arrival_s[next_row:full_row])
                 next_row = full_row
-            elif now_s >= arrival_s[next_row] + self.max_wait_s:
-                tracker.process(next_row, arrived, "wait", arrival_s[next_row:arrived])
+            elif closed_on == WAIT:
+                tracker.process(next_row, arrived, WAIT, arrival_s[next_row:arrived])
                 next_row = arrived
             else:
                 # Wake when the batch would fill or when its oldest proof has waited long enough.
                 fills_at_s = arrival_s[full_row - 1] if full_row <= n else np.inf
-                self.clock.sleep_until(min(fills_at_s, arrival_s[next_row] + self.max_wait_s))
+                self.clock.sleep_until(min(fills_at_s, self.policy.deadline_s(arrival_s[next_row])))
         return tracker.finish(start_s, offered_per_s=offered_per_s or _offered_rate(offsets_s))
 
     def run_closed(self, proofs: pa.Table) -> LoadRun:

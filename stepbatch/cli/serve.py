@@ -1,0 +1,102 @@
+"""`stepbatch serve`: the validator as an HTTP service (SPEC §7)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+
+from stepbatch.cli import UsageError, int_in_range
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="run the STEP API over HTTP, micro-batching the proofs it receives",
+        description=(
+            "Serve the original STEP server's routes (POST /proof/submit, the /mesh routes, "
+            "/proof/config, /health) and stepbatch's own (POST /proofs, /account/…, /metrics, "
+            "/ready). Submitted proofs join the open batch, which closes at --batch-size proofs or "
+            "after --max-wait-ms, is validated and committed in one transaction; each request is "
+            "answered when its batch is committed. SIGTERM or Ctrl-C stops accepting, answers "
+            "every accepted request and commits the open batch before exiting. Uses the embedded "
+            "database unless --mongodb-uri / MONGODB_URI is given."))
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=5500, help="TCP port (5500, the original's; 0: a free one)")
+    parser.add_argument("--batch-size", type=_positive, default=1000, help="proofs per batch at most (1000)")
+    parser.add_argument("--max-wait-ms", type=_wait, default=50.0,
+                        help="longest a proof waits for its batch to close, in ms (50)")
+    parser.add_argument("--queue-limit", type=_positive, default=20_000,
+                        help="proofs waiting for a batch before requests are refused with 503 (20000)")
+    parser.add_argument("--max-body-bytes", type=_positive, default=64 * 1024,
+                        help="largest body of POST /proof/submit (65536)")
+    parser.add_argument("--max-bulk-bytes", type=_positive, default=64 * 1024 * 1024,
+                        help="largest body of POST /proofs (67108864)")
+    parser.add_argument("--rate-ip", type=_rate, default=None, metavar="R[/BURST]",
+                        help="requests per second per client address, e.g. 20/40 (default: no limit; "
+                             "behind a proxy every client has the proxy's address)")
+    parser.add_argument("--rate-account", type=_rate, default=None, metavar="R[/BURST]",
+                        help="proofs per second per account on /proof/submit (default: no limit)")
+    parser.add_argument("--db", default=None, help="database name (default: $STEPBATCH_DB or step)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="info logs one line per batch (info)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stepbatch.config import Config
+    from stepbatch.service import server
+    from stepbatch.service.app import ServiceOptions, create_app
+    from stepbatch.store.mongo import MongoStore
+    from stepbatch.validator import Validator
+
+    logging.getLogger("stepbatch.service").setLevel(args.log_level.upper())
+    config = Config.from_env(mongodb_uri=args.mongodb_uri, db_name=args.db)
+    options = ServiceOptions(
+        batch_size=args.batch_size, max_wait_ms=args.max_wait_ms, queue_limit=args.queue_limit,
+        max_body_bytes=args.max_body_bytes, max_bulk_bytes=args.max_bulk_bytes,
+        ip_rate=args.rate_ip[0] if args.rate_ip else None, ip_burst=args.rate_ip[1] if args.rate_ip else None,
+        account_rate=args.rate_account[0] if args.rate_account else None,
+        account_burst=args.rate_account[1] if args.rate_account else None)
+    try:
+        listener = socket.create_server((args.host, args.port), reuse_port=False)
+    except OSError as err:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from err
+    store = MongoStore(config.mongodb_uri, config.db_name, config=config)
+    try:
+        with Validator(store, config) as validator:
+            app = create_app(validator, options)
+            host, port = listener.getsockname()[:2]
+            print(f"stepbatch serve: listening on http://{host}:{port} (database {config.db_name}, "
+                  f"batches of up to {options.batch_size} proofs or {options.max_wait_ms:g} ms)", flush=True)
+            server.run(app, listener, args.log_level)
+    finally:
+        listener.close()
+        store.close()
+    print("stepbatch serve: stopped; every accepted request was answered", file=sys.stderr, flush=True)
+    return 0
+
+
+_port = int_in_range("a port", 0, 65535)
+_positive = int_in_range("a positive integer", 1, 2 ** 31 - 1)
+
+
+def _wait(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--max-wait-ms is a number of milliseconds, got {text!r}") from None
+    if not 0 <= value <= 60_000:
+        raise argparse.ArgumentTypeError(f"--max-wait-ms must be in [0, 60000], got {text!r}")
+    return value
+
+
+def _rate(text: str) -> tuple[float, float | None]:
+    rate, _, burst = text.partition("/")
+    try:
+        values = float(rate), (float(burst) if burst else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a rate is R or R/BURST in requests per second, got {text!r}") from None
+    if not values[0] > 0 or (values[1] is not None and not values[1] >= 1):
+        raise argparse.ArgumentTypeError(f"a rate must be positive and a burst at least 1, got {text!r}")
+    return values
