@@ -6,7 +6,10 @@ import asyncio
 import datetime as dt
 import io
 import itertools
+import json
 import signal
+import subprocess
+import sys
 
 import httpx
 import orjson
@@ -228,3 +231,24 @@ def test_mesh_routes_read_geometry_and_state(service):
     assert (config["speedLimitMps"], config["subdivideAtClicks"]) == (15.0, 11)
     health = client.get("/health").json()
     assert health["database"]["reachable"] is True and health["queueDepth"] == 0
+
+
+@pytest.mark.bench
+def test_bench_drives_the_service_over_http(service, mongo_uri, mongo_db_name, tmp_path):
+    server, client = service
+    result = subprocess.run(
+        [sys.executable, "-m", "stepbatch", "--mongodb-uri", mongo_uri, "bench", "--target", server.url,
+         "--db", mongo_db_name, "--mode", "open", "--rate", "100", "--duration", "4", "--closed-proofs", "400",
+         "--connections", "32", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| s: stepbatch serve, HTTP | closed |" in result.stdout
+    assert "| s: stepbatch serve, HTTP | open | " in result.stdout
+    report = json.loads(next(tmp_path.glob("bench-*.json")).read_text())
+    for run in report["runs"]:
+        summary = run["repeats"][0]
+        assert summary["lost"] == 0 and summary["committed_clicks"] == summary["accepted"] > 0
+        assert set(summary["counts"]) <= {"ACCEPTED", "NONCE_REPLAY", "TOO_FAST", "MORATORIUM", "BAD_SIGNATURE",
+                                          "OUT_OF_BOUNDS", "TRIANGLE_NOT_FOUND", "CLOCK_DRIFT",
+                                          "LOW_GPS_ACCURACY", "INVALID_PAYLOAD", "UNSUPPORTED_VERSION",
+                                          "TRIANGLE_NOT_ACTIVE"}
+    assert list(tmp_path.glob("bench-*.png"))

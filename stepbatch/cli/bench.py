@@ -56,6 +56,13 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=1, help="traffic seed (1)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 5 s sustained, 3 s per sweep rate, small closed-loop and baseline runs")
+    parser.add_argument("--target", default=None, metavar="URL",
+                        help="drive a running `stepbatch serve` at URL over HTTP instead of in-process "
+                             "configurations b-d (with --mongodb-uri, the traffic's triangles are declared "
+                             "in that database first, named by --db or $STEPBATCH_DB)")
+    parser.add_argument("--connections", type=int, default=256,
+                        help="concurrent HTTP connections with --target (256)")
+    parser.add_argument("--db", default=None, help="database of the target service, with --mongodb-uri")
     parser.add_argument("--out-dir", default=str(pathlib.Path("benchmarks") / "results"),
                         help="where the JSON and PNG go (benchmarks/results)")
     parser.set_defaults(func=run)
@@ -63,13 +70,29 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stepbatch.config import Config
-    from stepbatch.store.embedded import EmbeddedServer
 
     _fill_defaults(args)
     command = "stepbatch " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("stepbatch") else \
         shlex.join(["python", "-m", "stepbatch", *sys.argv[1:]])
-    config = Config.from_env(mongodb_uri=args.mongodb_uri)
+    config = Config.from_env(mongodb_uri=args.mongodb_uri, **({"db_name": args.db} if args.db else {}))
     load_before = os.getloadavg()
+    if args.target:
+        from stepbatch.cli import bench_http
+        report = bench_http.measure(args, config)
+        database = f"the service at {args.target}"
+    else:
+        report, database = _measure_here(args, config)
+    report.update(command=command, started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  cores=os.cpu_count(), load_average_before=load_before, load_average_after=os.getloadavg(),
+                  database=database, params={k: v for k, v in vars(args).items() if k != "func"})
+    print(_markdown(report))
+    _write(report, pathlib.Path(args.out_dir))
+    return 0
+
+
+def _measure_here(args, config) -> tuple[dict, str]:
+    from stepbatch.store.embedded import EmbeddedServer
+
     traffic = _traffic(args)
     with tempfile.TemporaryDirectory(prefix="stepbatch-bench-") as data_dir:
         server = None
@@ -82,13 +105,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             if server is not None:
                 server.close()
-    report.update(command=command, started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  cores=os.cpu_count(), load_average_before=load_before, load_average_after=os.getloadavg(),
-                  database="MONGODB_URI" if config.mongodb_uri else "embedded SecantusDB",
-                  params={k: v for k, v in vars(args).items() if k != "func"})
-    print(_markdown(report))
-    _write(report, pathlib.Path(args.out_dir))
-    return 0
+    return report, "MONGODB_URI" if config.mongodb_uri else "embedded SecantusDB"
 
 
 def _fill_defaults(args) -> None:
@@ -233,7 +250,7 @@ def _ratios(report: dict) -> dict:
         ratios["b/a"] = closed["b"] / max(ceiling)
     if "baseline" in report and "c" in closed:
         ratios["c/d"] = closed["c"] / _best(report["baseline"]["repeats"])
-    for label in ("b", "c"):
+    for label in ("b", "c", "s"):
         until = "verdict_latency_ms" if label == "b" else "commit_latency_ms"
         open_runs = [r["repeats"] for r in report["runs"] if r["config"] == label
                      and r["repeats"][0]["mode"] == "open"]
@@ -259,15 +276,17 @@ def _markdown(report: dict) -> str:
     if "per_s" in ceiling:
         lines.append(f"| a: libsecp256k1 ceiling | closed | | | | {ceiling['recoveries']:,} "
                      f"| {_span(ceiling['per_s'])} | | | | |")
-    names = {"b": "b: stepbatch validate-only", "c": "c: stepbatch + commit"}
+    names = {"b": "b: stepbatch validate-only", "c": "c: stepbatch + commit", "s": "s: stepbatch serve, HTTP"}
     for run in report["runs"]:
         reps = run["repeats"]
         first = reps[0]
         until = "verdict_latency_ms" if run["config"] == "b" else "commit_latency_ms"
         cells = [_span([r[until][q] for r in reps], "{:,.0f}") for q in ("p50", "p95", "p99")]
         offered = f"{first['offered_per_s']:,.0f}" if first["offered_per_s"] else ""
-        lines.append(f"| {names[run['config']]} | {first['mode']} | {offered} | {first['batch_size']:,} "
-                     f"| {first['max_wait_ms']:g} | {first['proofs']:,} | {_span([r['throughput_per_s'] for r in reps])} "
+        batch = f"{first['batch_size']:,}" if first["batch_size"] else "service's"
+        wait = f"{first['max_wait_ms']:g}" if first["max_wait_ms"] == first["max_wait_ms"] else "service's"
+        lines.append(f"| {names[run['config']]} | {first['mode']} | {offered} | {batch} "
+                     f"| {wait} | {first['proofs']:,} | {_span([r['throughput_per_s'] for r in reps])} "
                      f"| {' | '.join(cells)} | {max(r['lost'] for r in reps)} |")
     if "baseline" in report:
         reps = report["baseline"]["repeats"]
@@ -275,7 +294,8 @@ def _markdown(report: dict) -> str:
         lines.append(f"| d: one proof per request | closed | | 1 | | {reps[0]['proofs']:,} "
                      f"| {_span([r['throughput_per_s'] for r in reps])} | {' | '.join(cells)} "
                      f"| {max(r['lost'] for r in reps)} |")
-    lines += ["", "Latency: arrival → verdict for b, arrival → committed for c, request → committed for d."]
+    lines += ["", "Latency: arrival → verdict for b, arrival → committed for c, request → committed for d, "
+                  "request → response (sent once committed) for s."]
     for name, value in report["ratios"].items():
         lines.append(f"- {name}: " + ("none" if value is None else f"{value:,.2f}"))
     for run in report["runs"]:
@@ -303,12 +323,12 @@ def _write(report: dict, out_dir: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (throughput_axis, latency_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label, until in (("b", "verdict_latency_ms"), ("c", "commit_latency_ms")):
+    for label, until in (("b", "verdict_latency_ms"), ("c", "commit_latency_ms"), ("s", "commit_latency_ms")):
         points = sorted((r["repeats"][0]["offered_per_s"], _best(r["repeats"]),
                          min(x[until]["p99"] for x in r["repeats"])) for r in open_runs if r["config"] == label)
         if points:
             offered, throughput, p99 = zip(*points)
-            name = {"b": "b validate-only", "c": "c + commit"}[label]
+            name = {"b": "b validate-only", "c": "c + commit", "s": "s serve over HTTP"}[label]
             throughput_axis.plot(offered, throughput, "o-", label=name)
             latency_axis.plot(offered, p99, "o-", label=name)
     throughput_axis.plot(*([[min(r["repeats"][0]["offered_per_s"] for r in open_runs),
