@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from stepbatch.checks import stateless_checks
+from stepbatch.checks import StatelessResult, stateless_checks
 from stepbatch.config import Config
 from stepbatch.crypto import recovery
 from stepbatch.ingest import read_proofs
@@ -63,12 +63,19 @@ class Validator:
         self.store = store
         self._recoverer = recovery.SignatureRecoverer(self.config.threads)
 
-    def validate(self, batch, batch_id: str | None = None, batch_time=None) -> BatchResult:
-        """Verdicts for `batch` against the store's current state; writes nothing."""
+    def validate(self, batch, batch_id: str | None = None, batch_time=None,
+                 stateless: StatelessResult | None = None) -> BatchResult:
+        """Verdicts for `batch` against the store's current state; writes nothing. `stateless` is the
+        result of `self.stateless` on the same proofs and batch time, when it was computed before
+        (the consensus app runs it while a block is proposed, and keeps it for the block's execution)."""
         started = time.perf_counter()
         proofs = read_proofs(batch)
         timings = {"ingest": time.perf_counter() - started}
-        return self._validate(proofs, batch_id, _batch_time_ms(batch_time), timings)
+        return self._validate(proofs, batch_id, _batch_time_ms(batch_time), timings, stateless=stateless)
+
+    def stateless(self, proofs: pa.Table, batch_time=None) -> StatelessResult:
+        """Checks 1-5 of SPEC §4 (field rules, version, accuracy, clock drift, signature) on all cores."""
+        return stateless_checks(read_proofs(proofs), self.config, _batch_time_ms(batch_time), self._recoverer)
 
     def finalize(self, batch, batch_id: str, batch_time=None) -> BatchResult:
         """Validate and commit `batch` as `batch_id`: one transaction, no double spend under concurrency.
@@ -117,11 +124,13 @@ class Validator:
             return result
 
     def _validate(self, proofs: pa.Table, batch_id: str | None, batch_time_ms: int | None,
-                  timings: dict[str, float], fingerprint: str | None = None) -> BatchResult:
+                  timings: dict[str, float], fingerprint: str | None = None,
+                  stateless: StatelessResult | None = None) -> BatchResult:
         fingerprint = fingerprint or input_digest(proofs, batch_time_ms, self.config)
         batch_id = batch_id if batch_id is not None else fingerprint[:32]
 
-        stateless = stateless_checks(proofs, self.config, batch_time_ms, self._recoverer)
+        if stateless is None or len(stateless.code) != proofs.num_rows:
+            stateless = stateless_checks(proofs, self.config, batch_time_ms, self._recoverer)
         timings.update(stateless.timings)
 
         started = time.perf_counter()

@@ -22,6 +22,8 @@ COMMANDS = {
     "report": "report",
     "db": "db",
     "serve": "serve",
+    "abci": "abci",
+    "localnet": "localnet",
 }
 
 

@@ -218,9 +218,10 @@ class MongoStore:
             self._staged.clear()
             self.cache.clear()
 
-    def commit(self, outcome: BatchOutcome) -> None:
+    def commit(self, outcome: BatchOutcome, also=None) -> None:
         """Write the outcome in one transaction; StaleStateError if another writer committed since
-        the batch's state was loaded (or wrote one of its keys)."""
+        the batch's state was loaded (or wrote one of its keys). `also(db, session)` makes further
+        writes in the same transaction (the consensus app's `{height, appHash}`)."""
         if not self.transactions:
             raise StoreError(f"cannot commit batch {outcome.batch_id}: the server does not support "
                              f"transactions. {_REPLICA_SET_HOWTO}")
@@ -230,7 +231,7 @@ class MongoStore:
         plan = layout.plan_commit(outcome, seq + 1, dt.datetime.now(dt.timezone.utc))
         try:
             children = self._children_to_insert(plan.children)
-            self._transact(outcome.batch_id, seq, plan, children)
+            self._transact(outcome.batch_id, seq, plan, children, also)
         except BaseException:
             self.discard_staged()
             raise
@@ -244,12 +245,14 @@ class MongoStore:
                 for child in children:
                     self.cache.put_triangle(child, (int(TriangleState.ACTIVE), 0))
 
-    def _transact(self, batch_id: str, seq: int, plan: layout.CommitPlan, children: list[str]) -> None:
+    def _transact(self, batch_id: str, seq: int, plan: layout.CommitPlan, children: list[str], also) -> None:
         for attempt in range(TRANSIENT_RETRIES):
             try:
                 with self.client.start_session() as session:
                     with session.start_transaction():
                         self._write(seq, plan, children, session)
+                        if also is not None:
+                            also(self.db, session)
                 return
             except StaleStateError:
                 raise

@@ -1,0 +1,71 @@
+"""The genesis `app_state` of a stepbatch chain and the app hashes that follow from it (SPEC §8).
+
+`app_state` is `{"regions": [region, …], "config": {gate: value, …}}`: the mesh to seed, as
+`stepbatch.mesh.regions` declarations (levels and bbox, or triangle ids), and the rule configuration
+(SPEC §4's gates, by their `Config` field names). The genesis app hash is SHA-256 of `STEP-APP-v1`
+followed by the canonical JSON of `app_state` (keys sorted, no spaces, UTF-8); each block's app hash is
+SHA-256 of the previous one followed by the 32 bytes of the block's verdict digest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from stepbatch.config import Config
+from stepbatch.mesh.regions import Regions
+
+APP_HASH_HEADER = b"STEP-APP-v1"
+# The settings that decide verdicts; everything else in Config is local to a validator.
+GATES = ("gps_max_accuracy_m", "clock_drift_ms", "speed_limit_mps", "moratorium_ms", "subdivide_at_clicks")
+
+
+class GenesisError(ValueError):
+    """The genesis app_state is malformed, or differs from the one this validator's database holds."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Genesis:
+    regions: Regions
+    gates: dict
+    canonical: str  # the canonical JSON text of app_state
+
+    @property
+    def app_hash(self) -> bytes:
+        return hashlib.sha256(APP_HASH_HEADER + self.canonical.encode()).digest()
+
+    def config(self, local: Config) -> Config:
+        """`local` (threads, database) with the chain's gates."""
+        return dataclasses.replace(local, **self.gates)
+
+
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def app_state(regions: Regions, config: Config) -> dict:
+    return {"regions": regions.to_json(), "config": {gate: getattr(config, gate) for gate in GATES}}
+
+
+def parse(app_state_bytes: bytes) -> Genesis:
+    try:
+        value = json.loads(app_state_bytes or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GenesisError(f"app_state is not JSON: {err}") from err
+    if not isinstance(value, dict) or set(value) - {"regions", "config"}:
+        raise GenesisError('app_state is {"regions": [...], "config": {...}}')
+    gates = value.get("config") or {}
+    unknown = set(gates) - set(GATES)
+    if not isinstance(gates, dict) or unknown:
+        raise GenesisError(f"app_state.config takes {', '.join(GATES)}; unknown: {sorted(unknown)}")
+    try:
+        Config(**gates)
+        regions = Regions.from_json(value.get("regions") or [])
+    except (TypeError, ValueError) as err:
+        raise GenesisError(f"app_state: {err}") from err
+    return Genesis(regions=regions, gates=dict(gates), canonical=canonical_json(value))
+
+
+def next_app_hash(previous: bytes, digest_hex: str) -> bytes:
+    return hashlib.sha256(previous + bytes.fromhex(digest_hex)).digest()

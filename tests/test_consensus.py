@@ -1,0 +1,269 @@
+"""stepbatch as the application of a real 4-validator CometBFT network on loopback (SPEC §8)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pymongo
+import pytest
+
+from stepbatch import crypto, mesh, read_proofs
+from stepbatch.abci import rpc
+from stepbatch.abci.app import transaction_rows
+from stepbatch.abci.localnet import cometbft_binary
+from stepbatch.crypto import signing
+from stepbatch.mesh import ids as mesh_ids
+from stepbatch.mesh import levels as mesh_levels
+from stepbatch.protocol import Code
+from stepbatch.store.statedigest import state_digest
+from tests.naive import Gates, NaiveValidator
+from tests.processes import ROOT, wait_until
+from tests.strategies import ACCOUNT_KEYS, WORLD_CENTRE, point_in
+
+pytestmark = [pytest.mark.slow, pytest.mark.consensus]
+
+LEVEL = 14
+BBOX = "19.0,47.45,19.1,47.55"
+SUBDIVIDE_AT = 3
+ENV = {"SUBDIVIDE_AT_CLICKS": str(SUBDIVIDE_AT), "STEPBATCH_SIGNATURE_THREADS": "1"}
+
+
+def _cometbft_or_skip() -> None:
+    try:
+        cometbft_binary()
+    except Exception as err:
+        pytest.fail(f"CometBFT is part of the set-up (scripts/bootstrap): {err}")
+
+
+def localnet(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "stepbatch", "localnet", *args], cwd=ROOT, text=True,
+                            capture_output=True, env={**os.environ, **ENV, **(env or {})}, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+class Net:
+    def __init__(self, directory: pathlib.Path):
+        self.dir = directory
+        self.state = json.loads((directory / "localnet.json").read_text())
+        self.rpcs = [node["rpc"] for node in self.state["nodes"]]
+        self.chain_id = self.state["chain_id"]
+        self.genesis = json.loads((directory / "node0" / "config" / "genesis.json").read_text())
+
+    def reload(self) -> None:
+        self.state = json.loads((self.dir / "localnet.json").read_text())
+
+    def kill(self, k: int) -> None:
+        """SIGKILL node k's CometBFT and app between two blocks: right after its app has committed one
+        (a kill inside a commit is the failpoint's case, `STEPBATCH_ABCI_CRASH_BEFORE_COMMIT`)."""
+        url = self.rpcs[k]
+        committed = _app_height(url)
+        if committed is not None:
+            wait_until(lambda: (_app_height(url) or 0) > committed, timeout_s=30, every_s=0.01,
+                       what=f"node {k} to commit a block")
+        for pid in self.state["nodes"][k]["pids"]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_until(lambda: rpc_height(self.rpcs[k]) is None, what=f"node {k} to stop")
+
+    def database(self, k: int):
+        return pymongo.MongoClient(self.state["database"]["uri"], tz_aware=True)[self.state["nodes"][k]["db"]]
+
+
+def _app_height(url: str) -> int | None:
+    try:
+        return int(rpc.call(url, "abci_info", timeout_s=5)["response"].get("last_block_height", 0))
+    except rpc.RpcError:
+        return None
+
+
+def rpc_height(url: str) -> int | None:
+    try:
+        return rpc.height(url)
+    except rpc.RpcError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    _cometbft_or_skip()
+    directory = tmp_path_factory.mktemp("localnet") / "net"
+    localnet("up", "--dir", str(directory), "--validators", "4", "--levels", f"{LEVEL - 1}-{LEVEL}", "--bbox", BBOX)
+    try:
+        yield Net(directory)
+    finally:
+        localnet("down", "--dir", str(directory), check=False)
+
+
+def signed_tx(key: bytes, triangle_id: str, nonce: str, at_ms: int) -> bytes:
+    lat, lon = point_in(triangle_id, (1.0, 1.0, 1.0))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at_ms // 1000)) + f".{at_ms % 1000:03d}Z"
+    payload = {"version": "STEP-PROOF-v1", "account": signing.address_of(key), "triangleId": triangle_id,
+               "lat": lat, "lon": lon, "accuracy": 7, "timestamp": stamp, "nonce": nonce}
+    return orjson.dumps({"payload": payload, "signature": crypto.sign_proof(key, payload)})
+
+
+def submit_round(net: Net, txs: list[bytes], via: int = 0) -> int:
+    """Broadcast in order to one node; wait until each admitted one is in a committed block or gone
+    from the mempool (CometBFT re-checks the mempool after every block and evicts what CheckTx now
+    refuses, e.g. a nonce a block just used). The highest height that holds one of them."""
+    admitted = []
+    for tx in txs:
+        answer = rpc.broadcast(net.rpcs[via], tx)
+        assert answer["code"] in (0, int(Code.NONCE_REPLAY)), answer
+        if answer["code"] == 0:
+            admitted.append(tx)
+    heights = [wait_until(lambda: _settled(net.rpcs[via], tx), timeout_s=60, what="a committed tx")
+               for tx in admitted]
+    assert max(heights) > 0, "no transaction of the round was committed"
+    return max(heights)
+
+
+def _settled(url: str, tx: bytes) -> int | None:
+    """The height of the block holding `tx`; -1 once it is neither there nor in the mempool."""
+    height = _committed_height(url, tx)
+    if height is not None:
+        return height
+    pending = rpc.call(url, "unconfirmed_txs", limit="100")["txs"] or []
+    return None if base64.b64encode(tx).decode() in pending or _committed_height(url, tx) else -1
+
+
+def _committed_height(url: str, tx: bytes) -> int | None:
+    found = rpc.committed_tx(url, tx)
+    return found["height"] if found else None
+
+
+_last_ms = [0]
+
+
+def interaction_rounds(step: int) -> list[list[bytes]]:
+    """Same accounts many times, nonce replays, a triangle subdivided in one block and its children
+    clicked in the next. Rounds are 15 s apart in proof time (the moratorium is 10 s), starting 15 s
+    after the last proof signed so far or now, whichever is later (CLOCK_DRIFT allows 120 s ahead)."""
+    base = mesh.triangle_at(*WORLD_CENTRE, LEVEL - 1)
+    middle = mesh.children(base)[3]  # shares the base's centroid: walking there takes no time
+    grandchild = mesh.children(middle)[3]  # level LEVEL + 1: exists only once `middle` subdivides
+    k0, k1, k2, k3 = ACCOUNT_KEYS
+    t = max(int(time.time() * 1000), _last_ms[0] + 15_000)
+    _last_ms[0] = t + 30_000
+    return [
+        [signed_tx(k0, base, f"s{step}-a", t), signed_tx(k1, base, f"s{step}-b", t),
+         signed_tx(k0, base, f"s{step}-a", t + 1), signed_tx(k2, base, f"s{step}-c", t),
+         signed_tx(k3, middle, f"s{step}-d", t)],
+        [signed_tx(k3, middle, f"s{step}-g", t + 15_000), signed_tx(k3, middle, f"s{step}-j", t + 17_000),
+         signed_tx(k0, middle, f"s{step}-e", t + 15_000), signed_tx(k1, middle, f"s{step}-b", t + 15_000),
+         signed_tx(k1, middle, f"s{step}-f", t + 15_000)],
+        [signed_tx(k2, middle, f"s{step}-h", t + 30_000), signed_tx(k3, grandchild, f"s{step}-i", t + 30_000)],
+    ]
+
+
+def _query(url: str, path: str) -> dict | None:
+    response = rpc.call(url, "abci_query", path=path)["response"]
+    return orjson.loads(base64.b64decode(response["value"])) if response.get("value") else None
+
+
+def check_chain(net: Net, nodes: list[int], up_to: int) -> None:
+    """Every block 1..up_to: tx_results on each of `nodes` equal the one-by-one reference at the block's
+    time, and each node's app hash is SHA-256(previous ‖ digest) from the genesis app hash on."""
+    app_state = net.genesis["app_state"]
+    canonical = json.dumps(app_state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    app_hash = hashlib.sha256(b"STEP-APP-v1" + canonical.encode()).digest()
+    bbox = tuple(float(v) for v in BBOX.split(","))
+    existing = [i for level in (LEVEL - 1, LEVEL) for keys in mesh_levels.iter_level_keys(level, bbox)
+                for i in mesh_ids.encode_keys(keys).to_pylist()]
+    naive = NaiveValidator(existing, Gates(subdivide_at_clicks=SUBDIVIDE_AT))
+    for height in range(1, up_to + 1):
+        block = rpc.block(net.rpcs[nodes[0]], height)
+        expected, digest = naive.validate(read_proofs(transaction_rows(block["txs"])), f"{net.chain_id}:{height}",
+                                          block["time_ms"])
+        app_hash = hashlib.sha256(app_hash + bytes.fromhex(digest)).digest()
+        want = [(int(Code[code]), f"{code}:{reward}:{'' if click is None else click}")
+                for code, reward, click, _ in expected]
+        for k in nodes:
+            results = rpc.block_results(net.rpcs[k], height)
+            assert [(r["code"], r["data"]) for r in results["tx_results"]] == want, f"node {k}, height {height}"
+            assert results["app_hash"].lower() == app_hash.hex(), f"node {k}, height {height}"
+
+
+def test_blocks_equal_the_one_by_one_reference_on_every_validator(net):
+    last = 0
+    for step in range(2):
+        for txs in interaction_rounds(step):
+            last = max(last, submit_round(net, txs))
+    check_chain(net, [0, 1, 2, 3], last)
+    results = [rpc.block_results(net.rpcs[0], h)["tx_results"] for h in range(1, last + 1)]
+    seen = {r["data"].split(":")[0] for block in results for r in block}
+    # A replayed nonce is refused either in its block or, once a block has used the nonce, by CheckTx.
+    assert {"ACCEPTED", "MORATORIUM"} <= seen, [[(r["data"], r["log"]) for r in block] for block in results if block]
+    assert _query(net.rpcs[2], f"/triangle/{mesh.triangle_at(*WORLD_CENTRE, LEVEL - 1)}")["state"] == "subdivided"
+    account = _query(net.rpcs[3], f"/account/{signing.address_of(ACCOUNT_KEYS[0])}")
+    assert account["proofCount"] >= 2 and _query(net.rpcs[1], "/proof/0x00/none")["used"] is False
+
+
+def test_a_crashed_validator_catches_up_to_the_same_state(net):
+    start = max(rpc.height(url) for url in net.rpcs)
+    net.kill(1)
+    last = submit_round(net, interaction_rounds(5)[0], via=0)
+    wait_until(lambda: min(rpc.height(net.rpcs[k]) for k in (0, 2, 3)) >= last + 2, timeout_s=60,
+               what="the three others to go on")
+
+    localnet("up", "--dir", str(net.dir))  # restarts node 1 alone
+    net.reload()
+    wait_until(lambda: (rpc_height(net.rpcs[1]) or 0) >= last + 2, timeout_s=120, what="node 1 to catch up")
+
+    # Node 2's app kills itself between FinalizeBlock and Commit of a coming height.
+    crash_at = rpc.height(net.rpcs[0]) + 3
+    net.kill(2)
+    localnet("up", "--dir", str(net.dir), env={"STEPBATCH_ABCI_CRASH_BEFORE_COMMIT": str(crash_at)})
+    net.reload()
+    wait_until(lambda: _app_died(net, 2), timeout_s=90, what=f"node 2's app to stop before committing {crash_at}")
+    net.kill(2)
+    assert net.database(2).meta.find_one({"_id": "chain"})["height"] == crash_at - 1
+
+    localnet("up", "--dir", str(net.dir))
+    net.reload()
+    later = submit_round(net, interaction_rounds(6)[1], via=3)
+    wait_until(lambda: all((rpc_height(url) or 0) >= later for url in net.rpcs), timeout_s=120,
+               what="every node to catch up")
+    check_chain(net, [0, 1, 2, 3], later)
+    assert later > start
+
+    # Two of four down: the chain halts; the two left hold the same committed height and state.
+    net.kill(0)
+    net.kill(3)
+    halted = wait_until(lambda: _same_app_height(net, [1, 2]), timeout_s=60, what="nodes 1 and 2 to agree")
+    assert state_digest(net.database(1)) == state_digest(net.database(2))
+    assert _same_app_height(net, [1, 2]) == halted  # nothing was committed meanwhile: the chain halted
+    localnet("up", "--dir", str(net.dir))
+    net.reload()
+    wait_until(lambda: min(rpc_height(url) or 0 for url in net.rpcs) > halted, timeout_s=120,
+               what="the chain to resume")
+
+
+def _app_died(net: Net, k: int) -> bool:
+    pid = net.state["nodes"][k]["pids"][1]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] == "Z"
+
+
+def _same_app_height(net: Net, nodes: list[int]) -> int | None:
+    """The last height every app of `nodes` committed, when they agree on it and on its app hash."""
+    infos = [rpc.call(net.rpcs[k], "abci_info")["response"] for k in nodes]
+    answers = {(int(info.get("last_block_height", 0)), info.get("last_block_app_hash")) for info in infos}
+    return next(iter(answers))[0] if len(answers) == 1 else None
