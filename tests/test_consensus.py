@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -107,8 +108,8 @@ def net(tmp_path_factory):
         localnet("down", "--dir", str(directory), check=False)
 
 
-def signed_tx(key: bytes, triangle_id: str, nonce: str, at_ms: int) -> bytes:
-    lat, lon = point_in(triangle_id, (1.0, 1.0, 1.0))
+def signed_tx(key: bytes, triangle_id: str, nonce: str, at_ms: int, where: tuple | None = None) -> bytes:
+    lat, lon = where or point_in(triangle_id, (1.0, 1.0, 1.0))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at_ms // 1000)) + f".{at_ms % 1000:03d}Z"
     payload = {"version": "STEP-PROOF-v1", "account": signing.address_of(key), "triangleId": triangle_id,
                "lat": lat, "lon": lon, "accuracy": 7, "timestamp": stamp, "nonce": nonce}
@@ -125,19 +126,27 @@ def submit_round(net: Net, txs: list[bytes], via: int = 0) -> int:
         assert answer["code"] in (0, int(Code.NONCE_REPLAY)), answer
         if answer["code"] == 0:
             admitted.append(tx)
-    heights = [wait_until(lambda: _settled(net.rpcs[via], tx), timeout_s=60, what="a committed tx")
-               for tx in admitted]
+    heights = [wait_until(_settled(net.rpcs[via], tx), timeout_s=60, what="a committed tx") for tx in admitted]
     assert max(heights) > 0, "no transaction of the round was committed"
     return max(heights)
 
 
-def _settled(url: str, tx: bytes) -> int | None:
-    """The height of the block holding `tx`; -1 once it is neither there nor in the mempool."""
-    height = _committed_height(url, tx)
-    if height is not None:
-        return height
-    pending = rpc.call(url, "unconfirmed_txs", limit="100")["txs"] or []
-    return None if base64.b64encode(tx).decode() in pending or _committed_height(url, tx) else -1
+def _settled(url: str, tx: bytes):
+    """A predicate: the height of the block holding `tx`, or -1 once it has been neither there nor in
+    the mempool for two blocks (the node indexes a committed tx a moment after the block)."""
+    missing_since: list[int] = []
+
+    def settled() -> int | None:
+        height = _committed_height(url, tx)
+        if height is not None:
+            return height
+        if base64.b64encode(tx).decode() in (rpc.call(url, "unconfirmed_txs", limit="100")["txs"] or []):
+            missing_since.clear()
+            return None
+        now = rpc.height(url)
+        missing_since[:] = missing_since or [now]
+        return -1 if now >= missing_since[0] + 2 and _committed_height(url, tx) is None else None
+    return settled
 
 
 def _committed_height(url: str, tx: bytes) -> int | None:
@@ -267,3 +276,60 @@ def _same_app_height(net: Net, nodes: list[int]) -> int | None:
     infos = [rpc.call(net.rpcs[k], "abci_info")["response"] for k in nodes]
     answers = {(int(info.get("last_block_height", 0)), info.get("last_block_app_hash")) for info in infos}
     return next(iter(answers))[0] if len(answers) == 1 else None
+
+
+@pytest.fixture(scope="module")
+def faulty_net(tmp_path_factory):
+    _cometbft_or_skip()
+    directory = tmp_path_factory.mktemp("localnet") / "faulty"
+    localnet("up", "--dir", str(directory), "--validators", "4", "--levels", f"{LEVEL - 1}-{LEVEL}", "--bbox", BBOX,
+             "--byzantine", "3")
+    try:
+        yield Net(directory)
+    finally:
+        localnet("down", "--dir", str(directory), check=False)
+
+
+def _stuck(url: str, live: int) -> int | None:
+    """The last committed height, once the node waits at the next height with the prevotes of all
+    `live` validators in and no more to come: with fewer than 2/3 of the voting power alive, no
+    block can be committed any more."""
+    state = rpc.call(url, "consensus_state")["round_state"]
+    height, round_, _step = (int(v) for v in state["height/round/step"].split("/"))
+    votes = next((v for v in state["height_vote_set"] if int(v["round"]) == round_), None)
+    if votes is None:
+        return None
+    bits = re.search(r"\{\d+:([x_]+)\}", votes["prevotes_bit_array"])[1]
+    return height - 1 if bits.count("x") == live and live * 3 <= 2 * len(bits) else None
+
+
+def test_a_faulty_validator_stops_alone_and_two_down_halt_the_chain(faulty_net):
+    net = faulty_net
+    lat, lon = WORLD_CENTRE
+    start = max(int(time.time() * 1000), _last_ms[0] + 15_000)
+    _last_ms[0] = start + 20_000
+    here, there = (lat, lon), (lat + 0.0009, lon)  # 100 m apart: 5 m/s in 20 s, over the faulty 1.5 m/s limit
+    txs = [signed_tx(ACCOUNT_KEYS[0], mesh.triangle_at(*here, LEVEL), "walk-1", start, here),
+           signed_tx(ACCOUNT_KEYS[0], mesh.triangle_at(*there, LEVEL), "walk-2", start + 20_000, there)]
+    submit_round(net, txs[:1])
+    walked = submit_round(net, txs[1:])
+    assert rpc.committed_tx(net.rpcs[0], txs[1])["code"] == 0  # the honest majority accepted it
+
+    # Node 3's app called it TOO_FAST: its app hash differs from the block's, and it stops there.
+    wait_until(lambda: min(rpc.height(net.rpcs[k]) for k in (0, 1, 2)) >= walked + 3, timeout_s=60,
+               what="the honest three to go on")
+    stopped = _app_height(net.rpcs[3])
+    assert stopped is not None and stopped <= walked + 1
+    assert "TOO_FAST" in (pathlib.Path(net.state["nodes"][3]["home"]) / "app.log").read_text()
+    check_chain(net, [0, 1, 2], walked + 3)
+
+    # With node 2 down as well, two of four validators are left: the chain halts, nothing diverges.
+    net.kill(2)
+    halted = wait_until(lambda: _stuck(net.rpcs[0], live=2), timeout_s=120, what="node 0 to find no quorum")
+    assert wait_until(lambda: _same_app_height(net, [0, 1]), timeout_s=60, what="nodes 0 and 1 to agree") == halted
+    localnet("up", "--dir", str(net.dir))
+    net.reload()
+    wait_until(lambda: min(rpc_height(net.rpcs[k]) or 0 for k in (0, 1, 2)) > halted + 1, timeout_s=120,
+               what="the chain to resume")
+    check_chain(net, [0, 1, 2], halted + 1)
+    assert (_app_height(net.rpcs[3]) or 0) <= walked + 1
