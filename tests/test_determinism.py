@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -42,4 +43,12 @@ def test_digest_is_the_same_across_runs_threads_and_processes(tmp_path_factory, 
         [sys.executable, "-c", _DIGEST_IN_CHILD, str(path), json.dumps(seeded), "3", str(_T0_MS)],
         capture_output=True, text=True, check=True)
     digests.add(child.stdout.strip())
+    # Another machine: kernels compiled for a generic x86-64 CPU (no AVX, no FMA) in a cache of their own,
+    # on one thread.
+    generic = subprocess.run(
+        [sys.executable, "-c", _DIGEST_IN_CHILD, str(path), json.dumps(seeded), "1", str(_T0_MS)],
+        capture_output=True, text=True, check=True, env={
+            **os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_NUM_THREADS": "1",
+            "NUMBA_CACHE_DIR": str(tmp_path_factory.mktemp("numba-generic"))})
+    digests.add(generic.stdout.strip())
     assert len(digests) == 1

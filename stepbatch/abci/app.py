@@ -13,8 +13,10 @@ CometBFT's handshake replaying the blocks it lacks.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +26,7 @@ import threading
 import time
 
 import orjson
+import pyarrow.compute as pc
 
 from stepbatch.abci import genesis as chain_genesis
 from stepbatch.abci import protos
@@ -33,17 +36,22 @@ from stepbatch.protocol import Code
 from stepbatch.store.base import StaleStateError
 from stepbatch.store.database import read_regions, write_regions
 from stepbatch.store.mongo import MongoStore
+from stepbatch.store.reads import find_in
 from stepbatch.store.seed import existing_triangles
 from stepbatch.validator import BatchResult, Validator
 
 log = logging.getLogger("stepbatch.abci")
 CHAIN_ID = "chain"
 APP_VERSION = 1
+ADMITTED_KEPT = 200_000  # admitted transactions remembered for re-checks (a mempool holds 5,000 by default)
 # Checks that a proposer may drop a transaction for: they fail the same way in any block, at any time.
 _NEVER_ACCEPTED = {Code.INVALID_PAYLOAD, Code.UNSUPPORTED_VERSION, Code.LOW_GPS_ACCURACY, Code.BAD_SIGNATURE}
-# What CheckTx refuses: checks 1-6 of SPEC §4.
-_REFUSED_AT_ADMISSION = {Code.INVALID_PAYLOAD, Code.UNSUPPORTED_VERSION, Code.LOW_GPS_ACCURACY,
-                         Code.CLOCK_DRIFT, Code.BAD_SIGNATURE, Code.NONCE_REPLAY}
+# What CheckTx refuses (checks 1-6 of SPEC §4) and says about it.
+_ADMISSION_MESSAGES = {
+    Code.INVALID_PAYLOAD: "the proof breaks a field rule", Code.UNSUPPORTED_VERSION: "unsupported proof version",
+    Code.LOW_GPS_ACCURACY: "GPS accuracy outside the allowed range", Code.CLOCK_DRIFT: "timestamp too far from now",
+    Code.BAD_SIGNATURE: "the signature does not recover to the account",
+    Code.NONCE_REPLAY: "nonce already used by an accepted proof of this account"}
 
 
 @dataclasses.dataclass
@@ -84,7 +92,11 @@ class StepApplication:
         self.validator: Validator | None = None
         self.chain: dict | None = store.db.meta.find_one({"_id": CHAIN_ID})
         self._pending: _Pending | None = None
-        self._proposals: dict[bytes, tuple[int, object]] = {}  # block hash → (time ms, stateless result)
+        # block hash → (block time ms, stateless result, ms it took), from ProcessProposal for FinalizeBlock
+        self._proposals: dict[bytes, tuple[int, object, float]] = {}
+        self._last_commit_ms = 0.0
+        # tx hash → (nonce _id, proof time ms) of the transactions CheckTx admitted, for re-checks
+        self._admitted: collections.OrderedDict[bytes, tuple[str, int]] = collections.OrderedDict()
         if self.chain is not None:
             self._start_engine(self.chain["gates"])
 
@@ -141,16 +153,78 @@ class StepApplication:
     # ------------------------------------------------------------------------------ mempool
 
     def check_tx(self, request):
+        return self.check_tx_many([request])[0]
+
+    def check_tx_many(self, requests) -> list:
+        """Mempool admission of several transactions at once (in order, as one batch against committed
+        state at the wall-clock time): checks 1-6 of SPEC §4; code 0 admits.
+
+        A re-check (CometBFT re-checks its mempool after every block) of a transaction this app admitted
+        re-runs only what can have changed since: the clock drift against now and whether a committed
+        block used its nonce meanwhile."""
         now = dt.datetime.now(dt.timezone.utc)
+        hashes = [hashlib.sha256(r.tx).digest() for r in requests]
+        recheck = [i for i, r in enumerate(requests) if r.type == self.t.RECHECK and hashes[i] in self._admitted]
+        fresh = sorted(set(range(len(requests))) - set(recheck))
+        answers: list = [None] * len(requests)
         with self.lock:
             if self.validator is None:
-                return self.t.ResponseCheckTx(code=int(Code.INVALID_PAYLOAD), log="the chain is not initialised")
-            result = self.validator.validate(read_proofs(transaction_rows([request.tx])), batch_time=now)
-        row = result.verdicts.to_pylist()[0]
-        code = Code[row["code"]]
-        if code in _REFUSED_AT_ADMISSION:
-            return self.t.ResponseCheckTx(code=int(code), log=row["message"], codespace="stepbatch")
-        return self.t.ResponseCheckTx(code=0)
+                return [self.t.ResponseCheckTx(code=int(Code.INVALID_PAYLOAD), log="the chain is not initialised")
+                        for _ in requests]
+            if recheck:
+                for i, answer in zip(recheck, self._recheck([hashes[i] for i in recheck], now)):
+                    answers[i] = answer
+            if fresh:
+                for i, answer in zip(fresh, self._admit([requests[i].tx for i in fresh], [hashes[i] for i in fresh],
+                                                        now)):
+                    answers[i] = answer
+        return answers
+
+    def _admit(self, txs: list[bytes], hashes: list[bytes], now: dt.datetime) -> list:
+        """Checks 1-5 (the stateless stage, on all cores) and 6 (the nonce, against committed state and
+        the transactions before it in this call) of new transactions."""
+        proofs = read_proofs(transaction_rows(txs))
+        stateless = self.validator.stateless(proofs, now)
+        accounts = pc.utf8_lower(proofs.column("account")).to_pylist()
+        nonce_ids = [f"{a}:{n}" for a, n in zip(accounts, proofs.column("nonce").to_pylist())]
+        passed = [k for k in range(len(txs)) if stateless.code[k] == 0]
+        used = {doc["_id"] for doc in find_in(self.store.db, "nonces", [nonce_ids[k] for k in passed], {"_id": 1})}
+        errors, times = proofs.column("payload_error").to_pylist(), proofs.column("ts_ms").to_pylist()
+        answers = []
+        for k in range(len(txs)):
+            code = Code(int(stateless.code[k]))
+            if code == Code.ACCEPTED and nonce_ids[k] in used:
+                code = Code.NONCE_REPLAY
+            if code != Code.ACCEPTED:
+                answers.append(self.t.ResponseCheckTx(code=int(code), codespace="stepbatch",
+                                                      log=errors[k] or _ADMISSION_MESSAGES[code]))
+                continue
+            used.add(nonce_ids[k])
+            answers.append(self.t.ResponseCheckTx(code=0))
+            self._admitted[hashes[k]] = (nonce_ids[k], times[k])
+            while len(self._admitted) > ADMITTED_KEPT:
+                self._admitted.popitem(last=False)
+        return answers
+
+    def _recheck(self, hashes: list[bytes], now: dt.datetime) -> list:
+        limit = self.validator.config.clock_drift_ms
+        now_ms = int(now.timestamp() * 1000)
+        kept = [self._admitted[h] for h in hashes]
+        used = {doc["_id"] for doc in find_in(self.store.db, "nonces", [nonce_id for nonce_id, _ in kept], {"_id": 1})}
+        answers = []
+        for digest, (nonce_id, ts_ms) in zip(hashes, kept):
+            if abs(ts_ms - now_ms) > limit:
+                answers.append(self.t.ResponseCheckTx(code=int(Code.CLOCK_DRIFT), codespace="stepbatch",
+                                                      log=f"timestamp is {abs(ts_ms - now_ms)} ms from now; at most "
+                                                          f"{limit} ms allowed"))
+            elif nonce_id in used:
+                answers.append(self.t.ResponseCheckTx(code=int(Code.NONCE_REPLAY), codespace="stepbatch",
+                                                      log="nonce already used by an accepted proof of this account"))
+            else:
+                answers.append(self.t.ResponseCheckTx(code=0))
+                continue
+            self._admitted.pop(digest, None)
+        return answers
 
     # ---------------------------------------------------------------------------- proposals
 
@@ -173,9 +247,11 @@ class StepApplication:
         the stateless stage runs now, on all cores, and is kept for the block's FinalizeBlock."""
         block_ms = _ms(request.time)
         with self.lock:
+            started = time.perf_counter()
             stateless = self.validator.stateless(read_proofs(transaction_rows(request.txs)), block_ms)
+            spent_ms = (time.perf_counter() - started) * 1000
             self._proposals = {**{h: p for h, p in self._proposals.items() if p[0] >= block_ms - 600_000},
-                               bytes(request.hash): (block_ms, stateless)}
+                               bytes(request.hash): (block_ms, stateless, spent_ms)}
         return self.t.ResponseProcessProposal(status=self.t.ResponseProcessProposal.ACCEPT)
 
     # ----------------------------------------------------------------------------- execution
@@ -189,7 +265,9 @@ class StepApplication:
             proofs = read_proofs(transaction_rows(request.txs))
             kept = self._proposals.pop(bytes(request.hash), None)
             stateless = kept[1] if kept is not None and kept[0] == block_ms else None
+            started = time.perf_counter()
             result = self.validator.validate(proofs, batch_id, block_ms, stateless=stateless)
+            validate_ms = (time.perf_counter() - started) * 1000 + (kept[2] if kept and stateless else 0.0)
             app_hash = chain_genesis.next_app_hash(self.app_hash, result.digest)
             self._pending = _Pending(request.height, result, app_hash)
         tx_results = []
@@ -199,7 +277,11 @@ class StepApplication:
                                                   log=row["message"], codespace="stepbatch"))
         log.info(json.dumps({"event": "block", "height": request.height, "txs": len(request.txs),
                              "counts": result.counts, "digest": result.digest, "app_hash": app_hash.hex()}))
-        return self.t.ResponseFinalizeBlock(tx_results=tx_results, app_hash=app_hash)
+        # This node's own timings, as a block event: not part of any hash, read by `bench --target cometbft`.
+        timing = self.t.Event(type="stepbatch", attributes=[
+            self.t.EventAttribute(key="validate_ms", value=f"{validate_ms:.3f}"),
+            self.t.EventAttribute(key="previous_commit_ms", value=f"{self._last_commit_ms:.3f}")])
+        return self.t.ResponseFinalizeBlock(tx_results=tx_results, app_hash=app_hash, events=[timing])
 
     def commit(self, request):
         with self.lock:
@@ -216,7 +298,9 @@ class StepApplication:
                 if moved.matched_count != 1:
                     raise RuntimeError(f"height {pending.height} was committed by someone else")
 
+            started = time.perf_counter()
             self._commit(pending, record)
+            self._last_commit_ms = (time.perf_counter() - started) * 1000
             self.chain, self._pending = chain, None
         return self.t.ResponseCommit(retain_height=0)
 

@@ -1,9 +1,9 @@
 """The ABCI socket server: CometBFT's four connections (consensus, mempool, query, snapshot), each a
 stream of unsigned-varint length-prefixed `Request` messages answered in order by `Response`s.
 
-Each connection has a thread of its own that reads a request, answers it and reads the next, so the
-answers of one connection are in request order; the application serialises what touches state. A
-request the application fails on gets a `ResponseException` naming the error, never silence.
+Each connection has a thread of its own that answers its requests in order; the application
+serialises what touches state. A request the application fails on gets a `ResponseException` naming
+the error, never silence.
 """
 
 from __future__ import annotations
@@ -31,60 +31,114 @@ def encode_uvarint(value: int) -> bytes:
             return bytes(out)
 
 
-def read_uvarint(stream) -> int | None:
-    """The next unsigned varint of a binary stream; None at a clean end of stream."""
+def decode_uvarint(buffer, at: int) -> tuple[int, int] | None:
+    """(value, position after it) of the unsigned varint at `at`, or None if the buffer ends first."""
     value, shift = 0, 0
-    while True:
-        byte = stream.read(1)
-        if not byte:
-            if shift == 0:
-                return None
-            raise EOFError("the connection closed inside a message length")
-        value |= (byte[0] & 0x7F) << shift
-        if not byte[0] & 0x80:
-            return value
+    while at < len(buffer):
+        byte = buffer[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
         shift += 7
         if shift > 63:
             raise ValueError("a message length longer than 64 bits")
+    return None
 
 
-class _Connection(socketserver.StreamRequestHandler):
+def split_messages(buffer: bytearray) -> list[bytes]:
+    """The complete length-prefixed messages at the start of `buffer`, removed from it."""
+    messages, at = [], 0
+    while True:
+        header = decode_uvarint(buffer, at)
+        if header is None:
+            break
+        size, body = header
+        if size > MAX_MESSAGE_BYTES:
+            raise ValueError(f"a message of {size:,} bytes exceeds {MAX_MESSAGE_BYTES:,}")
+        if body + size > len(buffer):
+            break
+        messages.append(bytes(buffer[body:body + size]))
+        at = body + size
+    del buffer[:at]
+    return messages
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    """Reads whatever requests have arrived, answers them in order, writes the answers at once.
+
+    CometBFT pipelines requests on a connection (the mempool sends CheckTx after CheckTx, and re-checks
+    its whole content after every block, before one Flush), so the requests that are waiting are
+    taken together: a run of consecutive CheckTx goes to the application as one batch, validated on
+    all cores like any batch."""
+
     def handle(self) -> None:
         app, t = self.server.app, self.server.t
-        peer = self.client_address
+        buffer = bytearray()
         while True:
             try:
-                size = read_uvarint(self.rfile)
-                if size is None:
-                    return
-                if size > MAX_MESSAGE_BYTES:
-                    raise ValueError(f"a message of {size:,} bytes exceeds {MAX_MESSAGE_BYTES:,}")
-                body = self.rfile.read(size)
-                if len(body) != size:
-                    raise EOFError("the connection closed inside a message")
-            except (EOFError, ValueError, OSError) as err:
-                log.warning("ABCI connection %s closed: %s", peer, err)
+                messages = split_messages(buffer)
+                if not messages:
+                    data = self.request.recv(1 << 20)
+                    if not data:
+                        return
+                    buffer += data
+                    continue
+            except (ValueError, OSError) as err:
+                log.warning("ABCI connection %s closed: %s", self.client_address, err)
                 return
-            response = self._answer(app, t, body)
-            data = response.SerializeToString()
-            self.wfile.write(encode_uvarint(len(data)) + data)
-            if response.WhichOneof("value") == "flush":
-                self.wfile.flush()
+            out = bytearray()
+            for response in self._answer_all(app, t, messages):
+                data = response.SerializeToString()
+                out += encode_uvarint(len(data)) + data
+            try:
+                self.request.sendall(out)
+            except OSError as err:
+                log.warning("ABCI connection %s closed: %s", self.client_address, err)
+                return
 
-    def _answer(self, app, t, body: bytes):
+    def _answer_all(self, app, t, messages: list[bytes]):
+        requests = []
+        for body in messages:
+            try:
+                requests.append(t.Request.FromString(body))
+            except Exception as err:
+                requests.append(err)
+        i = 0
+        while i < len(requests):
+            run = i
+            while run < len(requests) and not isinstance(requests[run], Exception) \
+                    and requests[run].WhichOneof("value") == "check_tx":
+                run += 1
+            if run - i > 1:
+                yield from self._guarded(t, lambda: [t.Response(check_tx=r) for r in app.check_tx_many(
+                    [request.check_tx for request in requests[i:run]])], run - i)
+                i = run
+                continue
+            yield from self._guarded(t, lambda: [self._answer(app, t, requests[i])], 1)
+            i += 1
+
+    @staticmethod
+    def _guarded(t, answer, count: int):
         try:
-            request = t.Request.FromString(body)
-            kind = request.WhichOneof("value")
-            if kind is None:
-                raise ValueError("an empty request")
-            if kind == "echo":
-                return t.Response(echo=t.ResponseEcho(message=request.echo.message))
-            if kind == "flush":
-                return t.Response(flush=t.ResponseFlush())
-            return t.Response(**{kind: getattr(app, kind)(getattr(request, kind))})
+            return answer()
         except Exception as err:  # every failure is answered, so CometBFT never waits on a dead request
             log.exception("ABCI request failed")
-            return t.Response(exception=t.ResponseException(error=f"{type(err).__name__}: {brief(err, 1000)}"))
+            failure = t.Response(exception=t.ResponseException(error=f"{type(err).__name__}: {brief(err, 1000)}"))
+            return [failure] * count
+
+    @staticmethod
+    def _answer(app, t, request):
+        if isinstance(request, Exception):
+            raise ValueError(f"a request that does not decode: {request}")
+        kind = request.WhichOneof("value")
+        if kind is None:
+            raise ValueError("an empty request")
+        if kind == "echo":
+            return t.Response(echo=t.ResponseEcho(message=request.echo.message))
+        if kind == "flush":
+            return t.Response(flush=t.ResponseFlush())
+        return t.Response(**{kind: getattr(app, kind)(getattr(request, kind))})
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):

@@ -56,10 +56,15 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=1, help="traffic seed (1)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 5 s sustained, 3 s per sweep rate, small closed-loop and baseline runs")
-    parser.add_argument("--target", default=None, metavar="URL",
-                        help="drive a running `stepbatch serve` at URL over HTTP instead of in-process "
-                             "configurations b-d (with --mongodb-uri, the traffic's triangles are declared "
-                             "in that database first, named by --db or $STEPBATCH_DB)")
+    parser.add_argument("--target", default=None, metavar="URL|cometbft",
+                        help="drive a running `stepbatch serve` at URL over HTTP, or (`cometbft`) a CometBFT "
+                             "network at --rpc, instead of in-process configurations b-d (with --mongodb-uri, "
+                             "the traffic's triangles are declared in that database first, named by --db or "
+                             "$STEPBATCH_DB; a network gets its mesh at genesis)")
+    parser.add_argument("--rpc", default=None, metavar="URL[,URL…]",
+                        help="with --target cometbft: the nodes' RPC endpoints, e.g. from localnet.json")
+    parser.add_argument("--broadcast", choices=("sync", "async"), default="sync",
+                        help="with --target cometbft: broadcast_tx_sync (CheckTx answered) or _async (sync)")
     parser.add_argument("--connections", type=int, default=256,
                         help="concurrent HTTP connections with --target (256)")
     parser.add_argument("--db", default=None, help="database of the target service, with --mongodb-uri")
@@ -76,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
         shlex.join(["python", "-m", "stepbatch", *sys.argv[1:]])
     config = Config.from_env(mongodb_uri=args.mongodb_uri, **({"db_name": args.db} if args.db else {}))
     load_before = os.getloadavg()
-    if args.target:
+    if args.target == "cometbft":
+        from stepbatch.cli import bench_consensus
+        report = bench_consensus.measure(args, config)
+        database = f"the CometBFT network at {args.rpc}"
+    elif args.target:
         from stepbatch.cli import bench_http
         report = bench_http.measure(args, config)
         database = f"the service at {args.target}"
@@ -250,7 +259,7 @@ def _ratios(report: dict) -> dict:
         ratios["b/a"] = closed["b"] / max(ceiling)
     if "baseline" in report and "c" in closed:
         ratios["c/d"] = closed["c"] / _best(report["baseline"]["repeats"])
-    for label in ("b", "c", "s"):
+    for label in ("b", "c", "s", "n"):
         until = "verdict_latency_ms" if label == "b" else "commit_latency_ms"
         open_runs = [r["repeats"] for r in report["runs"] if r["config"] == label
                      and r["repeats"][0]["mode"] == "open"]
@@ -276,7 +285,8 @@ def _markdown(report: dict) -> str:
     if "per_s" in ceiling:
         lines.append(f"| a: libsecp256k1 ceiling | closed | | | | {ceiling['recoveries']:,} "
                      f"| {_span(ceiling['per_s'])} | | | | |")
-    names = {"b": "b: stepbatch validate-only", "c": "c: stepbatch + commit", "s": "s: stepbatch serve, HTTP"}
+    names = {"b": "b: stepbatch validate-only", "c": "c: stepbatch + commit", "s": "s: stepbatch serve, HTTP",
+             "n": "n: through CometBFT"}
     for run in report["runs"]:
         reps = run["repeats"]
         first = reps[0]
@@ -295,9 +305,14 @@ def _markdown(report: dict) -> str:
                      f"| {_span([r['throughput_per_s'] for r in reps])} | {' | '.join(cells)} "
                      f"| {max(r['lost'] for r in reps)} |")
     lines += ["", "Latency: arrival → verdict for b, arrival → committed for c, request → committed for d, "
-                  "request → response (sent once committed) for s."]
+                  "request → response (sent once committed) for s, submit → block seen committed for n."]
     for name, value in report["ratios"].items():
         lines.append(f"- {name}: " + ("none" if value is None else f"{value:,.2f}"))
+    for run, blocks in zip(report["runs"], report.get("blocks", ())):
+        lines.append(f"- blocks ({run['repeats'][0]['mode']} loop): {blocks['blocks']} blocks, "
+                     f"{blocks['blocks_with_txs']} with proofs ({blocks['mean_txs_per_full_block']:,.0f} each), "
+                     f"{blocks['blocks_per_s']:.2f} blocks/s, stepbatch "
+                     f"{blocks['stepbatch_share_of_block_time']:.0%} of block time (the rest CometBFT)")
     for run in report["runs"]:
         if run["config"] == "c" and run["repeats"][0]["mode"] == "closed":
             stages = run["repeats"][0]["stage_s"]
@@ -323,12 +338,13 @@ def _write(report: dict, out_dir: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (throughput_axis, latency_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label, until in (("b", "verdict_latency_ms"), ("c", "commit_latency_ms"), ("s", "commit_latency_ms")):
+    for label, until in (("b", "verdict_latency_ms"), ("c", "commit_latency_ms"), ("s", "commit_latency_ms"),
+                         ("n", "commit_latency_ms")):
         points = sorted((r["repeats"][0]["offered_per_s"], _best(r["repeats"]),
                          min(x[until]["p99"] for x in r["repeats"])) for r in open_runs if r["config"] == label)
         if points:
             offered, throughput, p99 = zip(*points)
-            name = {"b": "b validate-only", "c": "c + commit", "s": "s serve over HTTP"}[label]
+            name = {"b": "b validate-only", "c": "c + commit", "s": "s serve over HTTP", "n": "n CometBFT"}[label]
             throughput_axis.plot(offered, throughput, "o-", label=name)
             latency_axis.plot(offered, p99, "o-", label=name)
     throughput_axis.plot(*([[min(r["repeats"][0]["offered_per_s"] for r in open_runs),

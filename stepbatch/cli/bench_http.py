@@ -70,7 +70,8 @@ def _one_run(args, config, mode: str, rate: float | None, repeat: int):
     lead_s = _LEAD_S + rows_hint / 20_000  # generation and signing run at ~50k proofs/s
     start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=lead_s)
     traffic = gen.generate(walkers=walkers, proofs=None if duration else args.closed_proofs,
-                           duration_s=duration, seed=args.seed + repeat, start_time=start)
+                           duration_s=duration, seed=args.seed * 1_000_003 + int(start.timestamp()) + repeat,
+                           start_time=start)
     _declare(args, config, traffic)
     bodies = request_bodies(traffic.proofs)
     load = HttpLoad(args.target, connections=args.connections)

@@ -1,0 +1,192 @@
+"""`stepbatch bench --target cometbft --rpc URL[,URL…]`: signed traffic through a CometBFT network.
+
+Proofs (generated to start a few seconds from now, so their timestamps agree with the blocks' times)
+are broadcast on schedule (open loop at --rate) or back to back on --connections connections (closed
+loop), round-robin over the given RPC endpoints, with `broadcast_tx_sync` (the CheckTx answer comes
+back) or `broadcast_tx_async`. A poller follows the chain on the first endpoint block by block: a
+proof's latency is submit → the moment its block is seen committed. The report adds the block
+interval and, from the `stepbatch` event each block carries, how much of a block's time went to
+stepbatch (validating the block, committing the previous one) and how much to CometBFT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import sys
+import time
+
+import aiohttp
+import numpy as np
+
+from stepbatch.cli import UsageError
+from stepbatch.cli.bench_http import _PER_WALKER_S, _declare
+from stepbatch.protocol import Code
+from stepbatch.tools.loadtest import BatchRecord, LoadRun
+
+
+def measure(args, config) -> dict:
+    from stepbatch.cli.bench import _ceiling, _ratios
+
+    rpcs = [url.strip().rstrip("/") for url in (args.rpc or "").split(",") if url.strip()]
+    if not rpcs:
+        raise UsageError("--target cometbft needs --rpc URL[,URL…] (a node's RPC, e.g. from localnet.json)")
+    plans = [("closed", None)] + ([("open", args.rate)] if args.mode == "open" else [])
+    report: dict = {"runs": [], "blocks": []}
+    traffic = None
+    for mode, rate in plans:
+        traffic, run, blocks = _one_run(args, config, rpcs, mode, rate)
+        print(f"cometbft {mode} rate={rate}: {run.throughput_per_s:,.0f} proofs/s committed, "
+              f"codes {dict(sorted(run.counts.items()))}", file=sys.stderr)
+        report["runs"].append({"config": "n", "repeats": [run.summary()]})
+        report["blocks"].append(blocks)
+    report["ceiling"] = _ceiling(traffic.proofs.slice(0, args.closed_proofs), config.threads, 1)
+    report["ratios"] = _ratios(report)
+    return report
+
+
+def _one_run(args, config, rpcs, mode, rate):
+    import datetime as dt
+
+    from stepbatch.tools import gen
+    from stepbatch.tools.httpload import arrival_offsets, request_bodies
+
+    if mode == "open":
+        walkers, duration, proofs = max(1, int(rate / _PER_WALKER_S)), args.duration, None
+    else:
+        walkers, duration, proofs = max(10, args.closed_proofs // 4), None, args.closed_proofs
+    start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3 + (proofs or rate * duration) / 20_000)
+    # The chain keeps every nonce it has seen: each run's traffic is new (its seed moves with the start time).
+    traffic = gen.generate(walkers=walkers, proofs=proofs, duration_s=duration,
+                           seed=args.seed * 1_000_003 + int(start.timestamp()), start_time=start)
+    _declare(args, config, traffic)
+    txs = request_bodies(traffic.proofs)
+    offsets = arrival_offsets(traffic.proofs) if mode == "open" else None
+    wait_s = int(traffic.proofs.column("received_at")[0].value) / 1000.0 - time.time()
+    if wait_s > 0:
+        time.sleep(wait_s)
+    run, blocks = asyncio.run(_drive(rpcs, txs, offsets, args.connections, args.broadcast, rate))
+    return traffic, run, blocks
+
+
+async def _drive(rpcs, txs, offsets, connections, broadcast, rate):
+    n = len(txs)
+    hashes = {hashlib.sha256(tx).hexdigest().upper(): i for i, tx in enumerate(txs)}
+    submitted, committed, refused = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    names = [code.name for code in Code]
+    codes: list[str | None] = [None] * n
+    blocks: list[dict] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),
+                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+        start = time.monotonic()
+        first_height = await _height(session, rpcs[0])
+        done = asyncio.Event()
+        poller = asyncio.create_task(_follow(session, rpcs[0], first_height, hashes, committed, codes, blocks,
+                                             start, done))
+
+        async def send(i: int) -> None:
+            submitted[i] = time.monotonic() - start
+            body = {"jsonrpc": "2.0", "id": i, "method": f"broadcast_tx_{broadcast}",
+                    "params": {"tx": base64.b64encode(txs[i]).decode()}}
+            try:
+                async with session.post(rpcs[i % len(rpcs)], json=body) as reply:
+                    answer = await reply.json()
+                result = answer.get("result") or {}
+                if int(result.get("code", 0)) != 0 and codes[i] is None:
+                    codes[i] = f"REFUSED_{names[int(result['code'])]}"  # by CheckTx: never in a block
+                    refused[i] = time.monotonic() - start
+            except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+                codes[i] = f"ERROR {type(err).__name__}"
+
+        if offsets is not None:
+            tasks = []
+            for i in range(n):
+                delay = start + offsets[i] - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(send(i)))
+            await asyncio.gather(*tasks)
+        else:
+            rows = iter(range(n))
+
+            async def connection():
+                for i in rows:
+                    await send(i)
+            await asyncio.gather(*(connection() for _ in range(min(connections, n))))
+        # Every tx is settled once committed or refused at admission; the rest had 60 s more.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(c is None for c in codes):
+            await asyncio.sleep(0.2)
+        done.set()
+        await poller
+    counts: dict[str, int] = {}
+    for code in codes:
+        key = code or "NOT_COMMITTED"
+        counts[key] = counts.get(key, 0) + 1
+    verdict = np.where(np.isfinite(committed), committed, refused)
+    answered = int(np.isfinite(verdict).sum())
+    elapsed = float(np.nanmax(verdict)) if answered else float("nan")
+    run = LoadRun(mode="open" if offsets is not None else "closed", offered_per_s=rate, batch_size=0,
+                  max_wait_ms=float("nan"), arrival_s=submitted, verdict_s=verdict, committed_s=committed,
+                  verdict_rows=answered, accepted=counts.get("ACCEPTED", 0), counts=counts,
+                  batches=[BatchRecord(0, n, "blocks", counts.get("ACCEPTED", 0))], stage_s=_stages(blocks),
+                  elapsed_s=elapsed)
+    return run, _block_summary(blocks)
+
+
+async def _rpc(session, url: str, method: str, **params):
+    async with session.post(url, json={"jsonrpc": "2.0", "id": 0, "method": method, "params": params}) as reply:
+        answer = await reply.json()
+    if "error" in answer:
+        raise RuntimeError(f"{method}: {answer['error']}")
+    return answer["result"]
+
+
+async def _height(session, url: str) -> int:
+    return int((await _rpc(session, url, "status"))["sync_info"]["latest_block_height"])
+
+
+async def _follow(session, url, height, hashes, committed, codes, blocks, start, done) -> None:
+    """Read every block after `height` as it is committed; settle the txs it holds."""
+    from stepbatch.abci.rpc import time_ms
+
+    names = [code.name for code in Code]
+    while not done.is_set():
+        if await _height(session, url) <= height:
+            await asyncio.sleep(0.05)
+            continue
+        try:  # a node stores a block's results a moment after it reports the block
+            results = await _rpc(session, url, "block_results", height=str(height + 1))
+        except RuntimeError:
+            await asyncio.sleep(0.02)
+            continue
+        height += 1
+        seen = time.monotonic() - start
+        block = (await _rpc(session, url, "block", height=str(height)))["block"]
+        timing = {attr["key"]: float(attr["value"]) for event in results.get("finalize_block_events") or []
+                  if event["type"] == "stepbatch" for attr in event["attributes"]}
+        txs = block["data"]["txs"] or []
+        blocks.append({"height": height, "time_ms": time_ms(block["header"]["time"]), "txs": len(txs), **timing})
+        for tx, outcome in zip(txs, results.get("txs_results") or []):
+            i = hashes.get(hashlib.sha256(base64.b64decode(tx)).hexdigest().upper())
+            if i is not None:
+                committed[i] = seen
+                codes[i] = names[int(outcome.get("code", 0))]
+
+
+def _stages(blocks: list[dict]) -> dict:
+    return {"stepbatch_validate": sum(b.get("validate_ms", 0.0) for b in blocks) / 1000,
+            "stepbatch_commit": sum(b.get("previous_commit_ms", 0.0) for b in blocks) / 1000}
+
+
+def _block_summary(blocks: list[dict]) -> dict:
+    full = [b for b in blocks if b["txs"]]
+    times = np.array([b["time_ms"] for b in blocks], np.float64)
+    interval_s = float(np.mean(np.diff(times)) / 1000) if len(times) > 1 else float("nan")
+    stepbatch_ms = np.array([b.get("validate_ms", 0.0) + b.get("previous_commit_ms", 0.0) for b in blocks])
+    share = float(stepbatch_ms.sum() / max(np.diff(times).sum(), 1.0)) if len(times) > 1 else float("nan")
+    return {"blocks": len(blocks), "blocks_with_txs": len(full), "mean_interval_s": interval_s,
+            "blocks_per_s": 1 / interval_s if interval_s == interval_s and interval_s > 0 else float("nan"),
+            "mean_txs_per_full_block": float(np.mean([b["txs"] for b in full])) if full else 0.0,
+            "stepbatch_share_of_block_time": share}
