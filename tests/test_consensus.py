@@ -154,19 +154,15 @@ def _committed_height(url: str, tx: bytes) -> int | None:
     return found["height"] if found else None
 
 
-_last_ms = [0]
-
-
 def interaction_rounds(step: int) -> list[list[bytes]]:
     """Same accounts many times, nonce replays, a triangle subdivided in one block and its children
-    clicked in the next. Rounds are 15 s apart in proof time (the moratorium is 10 s), starting 15 s
-    after the last proof signed so far or now, whichever is later (CLOCK_DRIFT allows 120 s ahead)."""
+    clicked in the next. Each step has accounts of its own, so its rounds can start now: they are
+    15 s apart in proof time (the moratorium is 10 s; CLOCK_DRIFT allows 120 s ahead)."""
     base = mesh.triangle_at(*WORLD_CENTRE, LEVEL - 1)
     middle = mesh.children(base)[3]  # shares the base's centroid: walking there takes no time
     grandchild = mesh.children(middle)[3]  # level LEVEL + 1: exists only once `middle` subdivides
-    k0, k1, k2, k3 = ACCOUNT_KEYS
-    t = max(int(time.time() * 1000), _last_ms[0] + 15_000)
-    _last_ms[0] = t + 30_000
+    k0, k1, k2, k3 = (hashlib.sha256(b"stepbatch-consensus-%d-%d" % (step, k)).digest() for k in range(4))
+    t = int(time.time() * 1000)
     return [
         [signed_tx(k0, base, f"s{step}-a", t), signed_tx(k1, base, f"s{step}-b", t),
          signed_tx(k0, base, f"s{step}-a", t + 1), signed_tx(k2, base, f"s{step}-c", t),
@@ -217,7 +213,7 @@ def test_blocks_equal_the_one_by_one_reference_on_every_validator(net):
     # A replayed nonce is refused either in its block or, once a block has used the nonce, by CheckTx.
     assert {"ACCEPTED", "MORATORIUM"} <= seen, [[(r["data"], r["log"]) for r in block] for block in results if block]
     assert _query(net.rpcs[2], f"/triangle/{mesh.triangle_at(*WORLD_CENTRE, LEVEL - 1)}")["state"] == "subdivided"
-    account = _query(net.rpcs[3], f"/account/{signing.address_of(ACCOUNT_KEYS[0])}")
+    account = _query(net.rpcs[3], f"/account/{signing.address_of(hashlib.sha256(b'stepbatch-consensus-0-0').digest())}")
     assert account["proofCount"] >= 2 and _query(net.rpcs[1], "/proof/0x00/none")["used"] is False
 
 
@@ -306,8 +302,7 @@ def _stuck(url: str, live: int) -> int | None:
 def test_a_faulty_validator_stops_alone_and_two_down_halt_the_chain(faulty_net):
     net = faulty_net
     lat, lon = WORLD_CENTRE
-    start = max(int(time.time() * 1000), _last_ms[0] + 15_000)
-    _last_ms[0] = start + 20_000
+    start = int(time.time() * 1000)
     here, there = (lat, lon), (lat + 0.0009, lon)  # 100 m apart: 5 m/s in 20 s, over the faulty 1.5 m/s limit
     txs = [signed_tx(ACCOUNT_KEYS[0], mesh.triangle_at(*here, LEVEL), "walk-1", start, here),
            signed_tx(ACCOUNT_KEYS[0], mesh.triangle_at(*there, LEVEL), "walk-2", start + 20_000, there)]
