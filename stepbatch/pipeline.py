@@ -42,12 +42,16 @@ class Pipeline:
             self._committer = threading.Thread(target=self._commit_loop, name="stepbatch-commit", daemon=True)
             self._committer.start()
 
-    def submit(self, batch, batch_id: str, batch_time=None) -> concurrent.futures.Future:
-        """Validate `batch` now and commit it after the batches before it; a future of its result."""
+    def submit(self, batch, batch_id: str, batch_time=None, stateless=None) -> concurrent.futures.Future:
+        """Validate `batch` now and commit it after the batches before it; a future of its result.
+        `stateless` is the batch's stateless stage when it was computed elsewhere (`Validator.validate`)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         if not self.overlaps:
             try:
-                future.set_result(self.validator.finalize(batch, batch_id, batch_time))
+                if stateless is None:
+                    future.set_result(self.validator.finalize(batch, batch_id, batch_time))
+                else:
+                    future.set_result(self._finalize_with(batch, batch_id, batch_time, stateless))
             except BaseException as err:
                 future.set_exception(err)
             return future
@@ -59,11 +63,24 @@ class Pipeline:
                 # A batch committed before (a resumed run): finalize answers from the store.
                 future.set_result(self.validator.finalize(batch, batch_id, batch_time))
                 return future
-            result = self.validator.validate(batch, batch_id, batch_time)
+            result = self.validator.validate(batch, batch_id, batch_time, stateless=stateless)
             self.validator.store.stage(result.outcome)
             epoch = self._epoch
         self._queue.put((epoch, result, future, batch, batch_id, batch_time))
         return future
+
+    def _finalize_with(self, batch, batch_id: str, batch_time, stateless):
+        """Finalize on a store without staging (MemoryStore), using a stateless stage computed elsewhere;
+        a conflict is finalized again from scratch."""
+        if self.validator.store.committed(batch_id) is not None:
+            return self.validator.finalize(batch, batch_id, batch_time)
+        result = self.validator.validate(batch, batch_id, batch_time, stateless=stateless)
+        try:
+            self.validator.store.commit(result.outcome)
+        except StaleStateError:
+            return self.validator.finalize(batch, batch_id, batch_time)
+        result.committed = True
+        return result
 
     @property
     def failed(self) -> bool:

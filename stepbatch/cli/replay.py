@@ -26,6 +26,10 @@ def register(subparsers) -> None:
                              "--triangles alone) and the batches' effects are kept in memory")
     parser.add_argument("--resume", action="store_true",
                         help="continue after the last batch this run committed before it stopped")
+    parser.add_argument("--cluster", default=None, metavar="ADDRESS",
+                        help="run the stateless stage (signatures) on a Dask cluster: local[:N] starts N "
+                             "local workers for the run, tcp://HOST:PORT uses a running scheduler "
+                             "(pip install -e '.[cluster]')")
     parser.add_argument("--batch-size", type=int, default=10_000, help="proofs per batch (10000)")
     parser.add_argument("--triangles", metavar="FILE",
                         help="JSON list of triangle ids (or `stepbatch gen`'s .triangles.json) that "
@@ -60,16 +64,25 @@ def run(args: argparse.Namespace) -> int:
         store = MemoryStore(backing=database, keep_verdicts=False) if args.no_commit else database
 
     bar = None if args.quiet else _progress_bar(args.inputs)
+    cluster = None
     try:
+        if args.cluster:
+            from stepbatch.tools.cluster import ClusterError, DaskCluster
+            try:
+                cluster = DaskCluster(args.cluster, config)
+            except ClusterError as err:
+                raise StoreError(str(err)) from err
         with Validator(store, config) as validator:
             summary = replay(args.inputs, validator, out=args.out, commit=not args.no_commit,
                              resume=args.resume, batch_size=args.batch_size,
-                             progress=bar.update if bar else None)
+                             progress=bar.update if bar else None, cluster=cluster)
     except ReplayError as err:
         raise StoreError(str(err)) from err
     finally:
         if bar is not None:
             bar.close()
+        if cluster is not None:
+            cluster.close()
         closing = getattr(store, "backing", None) or store
         closing.close()
     print_summary(summary, committed=not args.no_commit, out_path=args.out, out=sys.stdout)

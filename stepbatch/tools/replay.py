@@ -41,6 +41,8 @@ class ReplaySummary:
     seconds: float = 0.0
     validate_seconds: float = 0.0
     stage_seconds: Counter = dataclasses.field(default_factory=Counter)  # BatchResult.timings summed
+    workers: Counter = dataclasses.field(default_factory=Counter)  # cluster worker → rows it checked
+    worker_seconds: Counter = dataclasses.field(default_factory=Counter)  # cluster worker → seconds of work
 
     @property
     def proofs_per_second(self) -> float:
@@ -75,9 +77,11 @@ def resume_row(validator: Validator, run_id: str) -> int:
 
 
 def replay(inputs: Sequence[str], validator: Validator, *, out: str | None = None, commit: bool = True,
-           resume: bool = False, batch_size: int = 10_000, progress=None) -> ReplaySummary:
+           resume: bool = False, batch_size: int = 10_000, progress=None, cluster=None) -> ReplaySummary:
     """Validate (and commit) every proof of `inputs` in order; `progress(rows_done, summary)` is
-    called after each batch."""
+    called after each batch. With `cluster` (`stepbatch.tools.cluster.DaskCluster`) the stateless
+    stage of each batch runs on the cluster, at most `cluster.in_flight` batches ahead of the one
+    being applied, and the results are applied in input order here."""
     if not inputs:
         raise ProofSourceError("no input files given")
     for name in inputs:
@@ -110,6 +114,26 @@ def replay(inputs: Sequence[str], validator: Validator, *, out: str | None = Non
             future, chunk, batch_id, submitted = pending.popleft()
             record(future.result(), chunk, batch_id, submitted)
 
+    def apply(chunk, batch_id: str, stateless=None) -> None:
+        submitted = time.perf_counter()
+        if pipeline is not None:
+            pending.append((pipeline.submit(chunk.table, batch_id, stateless=stateless), chunk, batch_id, submitted))
+            settle(wait=False)
+        else:
+            result = validator.validate(chunk.table, batch_id, stateless=stateless)
+            validator.store.commit(result.outcome)
+            record(result, chunk, batch_id, submitted)
+
+    remote: collections.deque = collections.deque()  # (chunk, batch id, future of its stateless stage)
+
+    def apply_remote(wait: bool) -> None:
+        while remote and (wait or len(remote) >= cluster.in_flight):
+            chunk, batch_id, future = remote.popleft()
+            task = future.result()
+            summary.workers[task.worker] += task.rows
+            summary.worker_seconds[task.worker] += task.seconds
+            apply(chunk, batch_id, task.stateless)
+
     finished = False
     # Committed, batch N+1 validates while batch N commits (stepbatch.pipeline).
     pipeline = Pipeline(validator) if commit else None
@@ -126,14 +150,13 @@ def replay(inputs: Sequence[str], validator: Validator, *, out: str | None = Non
                                       f"with the --batch-size of the interrupted run)")
                 writer.write(stored.verdicts, batch_id, chunk.first_row, chunk.table, None)
                 continue
-            submitted = time.perf_counter()
-            if pipeline is not None:
-                pending.append((pipeline.submit(chunk.table, batch_id), chunk, batch_id, submitted))
-                settle(wait=False)
-            else:
-                result = validator.validate(chunk.table, batch_id)
-                validator.store.commit(result.outcome)
-                record(result, chunk, batch_id, submitted)
+            if cluster is None:
+                apply(chunk, batch_id)
+                continue
+            remote.append((chunk, batch_id, cluster.submit(chunk.table, None, key=f"stateless-{batch_id}")))
+            apply_remote(wait=False)
+        if cluster is not None:
+            apply_remote(wait=True)
         settle(wait=True)
         finished = True
     finally:
@@ -217,6 +240,10 @@ def print_summary(summary: ReplaySummary, committed: bool, out_path: str | None,
     if summary.stage_seconds:
         stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary.stage_seconds.items())
         print(f"stages: {stages}", file=out)
+    for worker, rows in sorted(summary.workers.items()):
+        seconds = summary.worker_seconds[worker]
+        print(f"worker {worker}: {rows:,} proofs checked, {rows / seconds if seconds else 0:,.0f} proofs/s "
+              f"while busy", file=out)
     if summary.resumed_from_row:
         print(f"resumed after row {summary.resumed_from_row:,}", file=out)
     for code, n in sorted(summary.counts.items(), key=lambda item: -item[1]):
