@@ -81,7 +81,8 @@ class DaskCluster:
                 # One process per worker, each recovering signatures on one thread: the processes are
                 # the parallelism, as they would be on separate machines.
                 self._local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=logging.ERROR)
+                                           dashboard_address=None, silence_logs=logging.ERROR,
+                                           env={"NUMBA_NUM_THREADS": "1"})
                 self.client = Client(self._local)
                 self.worker_config = dataclasses.replace(config, signature_threads=1)
             elif address.startswith("tcp://"):
@@ -101,7 +102,8 @@ class DaskCluster:
 
     def submit(self, proofs: pa.Table, batch_time_ms: int | None, key: str):
         """A future of the batch's `StatelessTask`; a task whose worker dies is run again elsewhere."""
-        return self.client.submit(stateless_on_worker, proofs, self.worker_config, batch_time_ms, key=key,
+        data = self.client.scatter(proofs, hash=False)
+        return self.client.submit(stateless_on_worker, data, self.worker_config, batch_time_ms, key=key,
                                   retries=3, pure=False)
 
     def close(self) -> None:
