@@ -35,6 +35,7 @@ import numpy as np
 
 from stepbatch import MemoryStore, Validator
 from stepbatch.config import Config
+from stepbatch.mesh.regions import IdRegion
 from stepbatch.pipeline import finalize_all
 from stepbatch.store.cache import StateCache
 from stepbatch.store.mongo import MongoStore
@@ -92,13 +93,15 @@ def main() -> None:
 
     server = None
     uri = os.environ.get("MONGODB_URI")
+    data_dir = None
     if not uri:
-        server, uri = serve_database(tempfile.mkdtemp(prefix="stepbatch-bench-state-"))
+        data_dir = tempfile.mkdtemp(prefix="stepbatch-bench-state-")
+        server, uri = serve_database(data_dir)
     try:
         with MongoStore(uri, "bench_state", config=config) as store:
             store.client.drop_database("bench_state")
         with MongoStore(uri, "bench_state", config=config) as store, Validator(store, config) as validator:
-            store.add_triangles(traffic.triangles)
+            store.declare(IdRegion.of_ids(traffic.triangles))
             per_batch, stages, committed = [], {}, 0
             started = last = time.perf_counter()
             batches = ((proofs.slice(first, args.batch), f"b{first}", None) for first in cuts)
@@ -122,10 +125,15 @@ def main() -> None:
             cache = store.cache.figures()
             writes_by_kind = dict(store.writes)
             assert committed == store.accepted_count()
+            stats = store.db.command("dbStats")
+            documents = {name: store.db[name].estimated_document_count() for name in
+                         ("triangles", "accounts", "nonces", "verdicts", "batches")}
     finally:
         if server is not None:
             server.terminate()
             server.wait(timeout=60)
+    on_disk = sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(data_dir)
+                  for name in names) if data_dir else None
 
     commit_rate = proofs.num_rows / commit_s
     rates = np.array([rows / seconds for rows, seconds, _ in per_batch])
@@ -147,6 +155,10 @@ def main() -> None:
           f"{committed:,} accepted proofs committed)")
     print("    stages summed over batches (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     print(f"(c) ratio committed / validate-only: {commit_rate / validate_rate:.3f}   (goal >= 0.2)")
+    print(f"    database: dataSize {stats.get('dataSize', 0) / 2**20:,.1f} MiB, storageSize "
+          f"{stats.get('storageSize', 0) / 2**20:,.1f} MiB, indexSize {stats.get('indexSize', 0) / 2**20:,.1f} MiB"
+          + (f", data directory {on_disk / 2**20:,.1f} MiB on disk" if on_disk else "") + "; documents "
+          + ", ".join(f"{name} {n:,}" for name, n in documents.items()))
     print(f"    history: first tenth {first:,.0f} proofs/s, last tenth {last_tenth:,.0f} proofs/s, "
           f"ratio {last_tenth / first:.2f}   (goal >= 0.8)")
     print(f"    per document written: first tenth {first_us:,.0f} µs, last tenth {last_us:,.0f} µs, "

@@ -18,9 +18,10 @@ import urllib.request
 
 from stepbatch.cli import UsageError
 
-# Proofs per second that one walker sends on average: an honest proof every 35.25 s (gen's 10.5-60 s
-# intervals) and 0.25 attacks per honest proof at the default attack share.
-_PER_WALKER_S = 1.25 / 35.25
+# Proofs per second that one walker sends on average, measured on generated traffic (gen's walkers
+# prove every 10.5-60 s, with attacks in between): offered rates of 575/1000, 141/300 and 946/2000
+# per second came from the first estimate, 1.25/35.25.
+_PER_WALKER_S = 1 / 56
 _LEAD_S = 3.0  # set-up time between generating the traffic and sending its first proof
 
 
