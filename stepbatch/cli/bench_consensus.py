@@ -23,6 +23,7 @@ import numpy as np
 from stepbatch.cli import UsageError
 from stepbatch.cli.bench_http import _PER_WALKER_S, _declare
 from stepbatch.protocol import Code
+from stepbatch.tools.httpload import drive
 from stepbatch.tools.loadtest import BatchRecord, LoadRun
 
 
@@ -99,21 +100,7 @@ async def _drive(rpcs, txs, offsets, connections, broadcast, rate):
             except (aiohttp.ClientError, asyncio.TimeoutError) as err:
                 codes[i] = f"ERROR {type(err).__name__}"
 
-        if offsets is not None:
-            tasks = []
-            for i in range(n):
-                delay = start + offsets[i] - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(send(i)))
-            await asyncio.gather(*tasks)
-        else:
-            rows = iter(range(n))
-
-            async def connection():
-                for i in rows:
-                    await send(i)
-            await asyncio.gather(*(connection() for _ in range(min(connections, n))))
+        await drive(send, n, start, offsets, connections)
         # Every tx is settled once committed or refused at admission; the rest had 60 s more.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(c is None for c in codes):

@@ -7,7 +7,7 @@ import json
 import os
 
 from stepbatch.cli import UsageError, int_in_range
-from stepbatch.protocol import MAX_LEVEL
+from stepbatch.cli.mesh import _bbox, _level_range
 
 
 def register(subparsers) -> None:
@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     up.add_argument("--dir", required=True, help="the network's directory")
     up.add_argument("--validators", type=int_in_range("a validator count", 1, 64), default=4,
                     help="validators (4)")
-    up.add_argument("--levels", type=_levels, default=None, metavar="A-B", help="mesh levels to declare at genesis")
+    up.add_argument("--levels", type=_level_range, default=None, metavar="A-B", help="mesh levels to declare at genesis")
     up.add_argument("--bbox", type=_bbox, default=None, metavar="W,S,E,N", help="only near this box")
     up.add_argument("--triangles", default=None, metavar="FILE",
                     help="JSON list of triangle ids (or gen's .triangles.json) to declare instead")
@@ -49,7 +49,7 @@ def run_up(args: argparse.Namespace) -> int:
     net = Localnet(args.dir)
     regions = []
     if args.levels is not None:
-        regions.append(LevelRegion(args.levels[0], args.levels[1], args.bbox))
+        regions.append(LevelRegion(args.levels[0], args.levels[-1], args.bbox))
     elif args.bbox is not None:
         raise UsageError("--bbox needs --levels")
     if args.triangles:
@@ -78,19 +78,3 @@ def run_down(args: argparse.Namespace) -> int:
     stopped = Localnet(args.dir).down(args.node)
     print(f"stopped node{'s' * (len(stopped) != 1)} {', '.join(map(str, stopped))}")
     return 0
-
-
-_level = int_in_range("a level", 1, MAX_LEVEL)
-
-
-def _levels(text: str) -> tuple[int, int]:
-    first, _, last = text.partition("-")
-    low, high = _level(first), _level(last or first)
-    if low > high:
-        raise argparse.ArgumentTypeError(f"levels {text!r}: A must not exceed B")
-    return low, high
-
-
-def _bbox(text: str):
-    from stepbatch.cli.mesh import _bbox as parse
-    return parse(text)

@@ -69,21 +69,7 @@ class HttpLoad:
                     return
                 answered[i] = time.monotonic() - start
 
-            if mode == "open":
-                tasks = []
-                for i in range(n):
-                    delay = start + offsets_s[i] - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    tasks.append(asyncio.create_task(send(i)))
-                await asyncio.gather(*tasks)
-            else:
-                rows = iter(range(n))
-
-                async def connection() -> None:
-                    for i in rows:
-                        await send(i)
-                await asyncio.gather(*(connection() for _ in range(min(self.connections, n))))
+            await drive(send, n, start, offsets_s if mode == "open" else None, self.connections)
             elapsed = float(np.nanmax(answered)) if np.isfinite(answered).any() else time.monotonic() - start
             accepted_after = await self._accepted(session)
 
@@ -108,6 +94,27 @@ class HttpLoad:
             return None
         match = _ACCEPTED.search(text)
         return float(match[1]) if match else 0.0
+
+
+async def drive(send, n: int, start: float, offsets_s: np.ndarray | None, connections: int) -> None:
+    """`await send(i)` for every row: open loop (`offsets_s`), each at `start + offsets_s[i]` on the
+    monotonic clock whether or not earlier ones are answered; closed loop, back to back on
+    `connections` concurrent senders."""
+    if offsets_s is not None:
+        tasks = []
+        for i in range(n):
+            delay = start + offsets_s[i] - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(i)))
+        await asyncio.gather(*tasks)
+        return
+    rows = iter(range(n))
+
+    async def sender() -> None:
+        for i in rows:
+            await send(i)
+    await asyncio.gather(*(sender() for _ in range(min(connections, n))))
 
 
 def arrival_offsets(proofs: pa.Table) -> np.ndarray:
