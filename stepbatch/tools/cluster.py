@@ -106,6 +106,19 @@ class DaskCluster:
         return self.client.submit(stateless_on_worker, data, self.worker_config, batch_time_ms, key=key,
                                   retries=3, pure=False)
 
+    def result(self, future, proofs: pa.Table, key: str, attempts: int = 3) -> StatelessTask:
+        """The batch's `StatelessTask`. A worker that dies holding the batch's rows (they are sent to one
+        worker ahead of its task) takes them with it; the batch is then sent again from here."""
+        attempt = 1
+        while True:
+            try:
+                return future.result()
+            except Exception as err:  # lost data, a cancelled task, a worker gone: all are re-sent
+                if attempt == attempts:
+                    raise ClusterError(f"batch {key} failed on the cluster {attempts} times: {err}") from err
+                future = self.submit(proofs, None, key=f"{key}-again{attempt}")
+                attempt += 1
+
     def close(self) -> None:
         client = getattr(self, "client", None)
         if client is not None:

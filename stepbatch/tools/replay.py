@@ -129,7 +129,7 @@ def replay(inputs: Sequence[str], validator: Validator, *, out: str | None = Non
     def apply_remote(wait: bool) -> None:
         while remote and (wait or len(remote) >= cluster.in_flight):
             chunk, batch_id, future = remote.popleft()
-            task = future.result()
+            task = cluster.result(future, chunk.table, f"stateless-{batch_id}")
             summary.workers[task.worker] += task.rows
             summary.worker_seconds[task.worker] += task.seconds
             apply(chunk, batch_id, task.stateless)
