@@ -17,10 +17,10 @@ import collections
 import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 import json
 import logging
 import os
-import itertools
 import signal
 import threading
 import time

@@ -40,8 +40,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stepbatch.config import Config
-    from stepbatch.store.base import StoreError
     from stepbatch.mesh.regions import IdRegion
+    from stepbatch.store.base import StoreError
     from stepbatch.store.memory import MemoryStore
     from stepbatch.tools.replay import ReplayError, print_summary, replay
     from stepbatch.validator import Validator

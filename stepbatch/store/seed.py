@@ -27,7 +27,6 @@ from stepbatch.mesh.regions import LevelRegion
 from stepbatch.protocol import MAX_LEVEL
 from stepbatch.store import documents
 from stepbatch.store.base import StoreError
-from stepbatch.store.reads import find_in
 from stepbatch.store.database import (
     ensure_schema,
     insert_new,
@@ -37,6 +36,7 @@ from stepbatch.store.database import (
     translated_errors,
     write_regions,
 )
+from stepbatch.store.reads import find_in
 
 INSERT_CHUNK = 5_000
 SIZE_SAMPLE = 256

@@ -24,8 +24,8 @@ from bson.int64 import Int64
 
 from stepbatch import mesh
 from stepbatch.ingest.timestamps import epoch_ms
-from stepbatch.protocol import MAX_LEVEL, Code
 from stepbatch.mesh.regions import Regions
+from stepbatch.protocol import MAX_LEVEL, Code
 from stepbatch.store import layout
 from stepbatch.store.database import read_regions
 
