@@ -287,11 +287,14 @@ def faulty_net(tmp_path_factory):
 
 
 def _stuck(url: str, live: int) -> int | None:
-    """The last committed height, once the node waits at the next height with the prevotes of all
-    `live` validators in and no more to come: with fewer than 2/3 of the voting power alive, no
-    block can be committed any more."""
+    """The last committed height, once the node shows that the next one cannot be committed: it waits
+    with the prevotes of only the `live` validators in (fewer than 2/3 of the voting power), or it has
+    gone through two rounds without a commit (a faulty validator that is still connected prevotes nil,
+    so rounds time out one after another)."""
     state = rpc.call(url, "consensus_state")["round_state"]
     height, round_, _step = (int(v) for v in state["height/round/step"].split("/"))
+    if round_ >= 2:
+        return height - 1
     votes = next((v for v in state["height_vote_set"] if int(v["round"]) == round_), None)
     if votes is None:
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 
 import numpy as np
 from bson.binary import Binary
@@ -141,6 +142,27 @@ def write_regions(db, regions: Regions) -> None:
         if docs:
             db.regions.insert_many(docs, session=session)
         db.meta.update_one({"_id": SEQ_ID}, {"$inc": {"seq": Int64(1)}}, upsert=True, session=session)
+
+
+def declare(db, region, wait_s: float = 90.0) -> bool:
+    """Add `region` to the declarations unless they cover it already; whether anything was written. A
+    write conflict (a transaction a killed writer left open holds the sequence number until the
+    server expires it) is retried for up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    attempt = 0
+    while True:
+        declared = read_regions(db)
+        wanted = declared.plus(region)
+        if wanted == declared:
+            return False
+        try:
+            write_regions(db, wanted)
+            return True
+        except PyMongoError as err:
+            if not err.has_error_label("TransientTransactionError") or time.monotonic() > deadline:
+                raise
+            time.sleep(min(0.05 * 2 ** attempt, 2.0))
+            attempt += 1
 
 
 def seeded_levels(db) -> set[int]:

@@ -122,10 +122,11 @@ class MongoStore:
         return self._regions
 
     def declare(self, region: Region) -> None:
-        """Declare a region: its triangles exist from now on, without a document each."""
+        """Declare a region: its triangles exist from now on, without a document each. Declaring what is
+        declared already writes nothing."""
         with self._lock, database.translated_errors("declaring a region"):
-            database.write_regions(self.db, database.read_regions(self.db).plus(region))
-            self._regions = None
+            if database.declare(self.db, region, self.config.commit_wait_s):
+                self._regions = None
 
     # ------------------------------------------------------------------------------- reads
 

@@ -28,6 +28,7 @@ from stepbatch.protocol import MAX_LEVEL
 from stepbatch.store import documents
 from stepbatch.store.base import StoreError
 from stepbatch.store.database import (
+    declare,
     ensure_schema,
     insert_new,
     level_filter,
@@ -104,10 +105,8 @@ def seed_mesh(db_or_store, levels: Iterable[int], bbox: Sequence[float] | None =
         db = _database(db_or_store)
         with translated_errors("declaring the levels"):
             ensure_schema(db)
-            declared = read_regions(db)
             for region in regions:
-                declared = declared.plus(region)
-            write_regions(db, declared)
+                declare(db, region)
         if materialize:
             for report in reports:
                 level_started = time.perf_counter()
