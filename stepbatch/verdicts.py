@@ -7,6 +7,7 @@ the digest.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -69,7 +70,10 @@ def build_verdicts(proofs: pa.Table, stateless: StatelessResult, resolution: Res
     ], schema=VERDICT_SCHEMA)
 
 
+@functools.lru_cache(maxsize=16)
 def _message_expr(config: Config) -> pl.Expr:
+    """The message of every code, as one expression: built once per configuration (building it costs
+    as much as evaluating it on a small batch)."""
     code, dt_ms, level = pl.col("code"), pl.col("dt_ms"), pl.col("level")
     state_name = (pl.when(pl.col("triangle_state") == TriangleState.SUBDIVIDED)
                   .then(pl.lit("subdivided")).otherwise(pl.lit("exhausted")))
