@@ -20,7 +20,7 @@ import pytest
 from stepbatch import crypto, mesh, read_proofs
 from stepbatch.abci import rpc
 from stepbatch.abci.app import transaction_rows
-from stepbatch.abci.localnet import cometbft_binary
+from stepbatch.abci.localnet import cometbft_binary, process_running
 from stepbatch.crypto import signing
 from stepbatch.mesh import ids as mesh_ids
 from stepbatch.mesh import levels as mesh_levels
@@ -258,13 +258,7 @@ def test_a_crashed_validator_catches_up_to_the_same_state(net):
 
 
 def _app_died(net: Net, k: int) -> bool:
-    pid = net.state["nodes"][k]["pids"][1]
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] == "Z"
+    return not process_running(net.state["nodes"][k]["pids"][1])
 
 
 def _same_app_height(net: Net, nodes: list[int]) -> int | None:

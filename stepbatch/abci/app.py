@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import orjson
 import pyarrow.compute as pc
 
@@ -185,9 +186,10 @@ class StepApplication:
         the transactions before it in this call) of new transactions."""
         proofs = read_proofs(transaction_rows(txs))
         stateless = self.validator.stateless(proofs, now)
-        accounts = pc.utf8_lower(proofs.column("account")).to_pylist()
-        nonce_ids = [f"{a}:{n}" for a, n in zip(accounts, proofs.column("nonce").to_pylist())]
-        passed = [k for k in range(len(txs)) if stateless.code[k] == 0]
+        # The `nonces` _id of each row (layout.nonce_id over the columns): account lower-cased, ':', nonce.
+        nonce_ids = pc.binary_join_element_wise(pc.utf8_lower(proofs.column("account")), proofs.column("nonce"),
+                                                ":").to_pylist()
+        passed = np.flatnonzero(stateless.code == 0)
         used = {doc["_id"] for doc in find_in(self.store.db, "nonces", [nonce_ids[k] for k in passed], {"_id": 1})}
         errors, times = proofs.column("payload_error").to_pylist(), proofs.column("ts_ms").to_pylist()
         answers = []

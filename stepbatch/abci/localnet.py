@@ -54,7 +54,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _alive(pid: int | None) -> bool:
+def process_running(pid: int | None) -> bool:
     if not pid:
         return False
     try:
@@ -191,12 +191,12 @@ class Localnet:
 
     def _start_missing(self, state: dict) -> None:
         database = state["database"]
-        if not database["uri"] or (database["pid"] and not _alive(database["pid"])):
+        if not database["uri"] or (database["pid"] and not process_running(database["pid"])):
             self._start_database(database)
         nodes = self.nodes(state)
         for node in nodes:
             cometbft_pid, app_pid = node.pids
-            if _alive(cometbft_pid) and _alive(app_pid):
+            if process_running(cometbft_pid) and process_running(app_pid):
                 continue
             self._stop_pids([cometbft_pid, app_pid])
             node.pids = [None, self._start_app(node, state)]
@@ -256,14 +256,14 @@ class Localnet:
 
     @staticmethod
     def _stop_pids(pids, wait_s: float = 30.0) -> None:
-        live = [pid for pid in pids if _alive(pid)]
+        live = [pid for pid in pids if process_running(pid)]
         for pid in live:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + wait_s
-        while any(_alive(pid) for pid in live) and time.monotonic() < deadline:
+        while any(process_running(pid) for pid in live) and time.monotonic() < deadline:
             time.sleep(0.1)
         for pid in live:
-            if _alive(pid):
+            if process_running(pid):
                 os.kill(pid, signal.SIGKILL)
 
     # ----------------------------------------------------------------------- status and down
@@ -274,7 +274,7 @@ class Localnet:
         for node in state["nodes"]:
             answer = rpc_get(node["rpc"], "status")
             info = (answer or {}).get("sync_info", {})
-            nodes.append({"index": node["index"], "rpc": node["rpc"], "running": [_alive(p) for p in node["pids"]],
+            nodes.append({"index": node["index"], "rpc": node["rpc"], "running": [process_running(p) for p in node["pids"]],
                           "byzantine": node["byzantine"], "height": int(info["latest_block_height"]) if info else None,
                           "app_hash": info.get("latest_app_hash"), "catching_up": info.get("catching_up")})
         return {"chain_id": state["chain_id"], "nodes": nodes}

@@ -8,6 +8,7 @@ import numpy as np
 
 from stepbatch.mesh.ids import check_level
 from stepbatch.mesh.keys import child_keys
+from stepbatch_kernels import bbox as kbbox
 from stepbatch_kernels import geo as kgeo
 from stepbatch_kernels import mesh as kmesh
 from stepbatch_kernels.jit import launch
@@ -38,7 +39,7 @@ def _level_ranges(level: int, bbox) -> tuple[np.ndarray, np.ndarray]:
     starts, counts = [], []
     for depth in range(1, level + 1):
         relation = np.empty(len(keys), np.int8)
-        launch(kmesh.cap_bbox_relations, len(keys), keys, west, south, east, north, relation)
+        launch(kbbox.cap_bbox_relations, len(keys), keys, west, south, east, north, relation)
         whole = relation == kgeo.BOX_INSIDE if depth < level else relation != kgeo.BOX_MISS
         starts.append(_level_index(keys[whole], depth) * 4 ** (level - depth))
         counts.append(np.full(int(whole.sum()), 4 ** (level - depth), np.int64))

@@ -24,6 +24,7 @@ from stepbatch.mesh import ids as mesh_ids
 from stepbatch.mesh import keys as mesh_keys
 from stepbatch.mesh import levels as mesh_levels
 from stepbatch.mesh.ids import check_level
+from stepbatch_kernels import bbox as kbbox
 from stepbatch_kernels import mesh as kmesh
 from stepbatch_kernels.jit import launch
 
@@ -53,7 +54,7 @@ class LevelRegion:
             return inside
         rows = np.flatnonzero(inside)
         near = np.empty(len(rows), np.bool_)
-        launch(kmesh.bbox_covers_keys, len(rows), keys[rows], *self.bbox, near)
+        launch(kbbox.bbox_covers_keys, len(rows), keys[rows], *self.bbox, near)
         inside[rows] = near
         return inside
 
