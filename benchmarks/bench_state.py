@@ -11,7 +11,13 @@ cuts it into batches and measures, in one run on the same cores:
     N+1 validates while N commits); proofs/s over all batches, and per batch as the history grows;
 (c) ratio b/a, the first tenth of the batches against the last tenth (proofs/s, and batch time per
     document written), the cache's figures and the process's peak RSS. `--plot` draws both against
-    the proofs committed so far.
+    the proofs committed so far;
+(d) the same work at two sizes of the history: two probe traffics of `--probe` proofs, built alike
+    (same walkers' count, density and attacks, each in an area of its own, 20 km from the main one
+    and from each other), one committed into the empty database before the main traffic and one
+    after it. The main traffic's first batches are cheaper than its last whatever the history (its
+    walkers first click a few large triangles many times, later a small new one at almost every
+    step); the probes compare like with like.
 
 With `--cache-only`, no database: every validated batch is written through a `StateCache` as a
 commit would, and the cache's size is reported (its content does not depend on the database).
@@ -52,6 +58,17 @@ def serve_database(data_dir: str) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"stepbatch db serve did not start: {process.stderr.read()}")
 
 
+def _commit_probe(validator: Validator, probe, batch: int, name: str) -> tuple[float, int]:
+    """Commit a probe traffic through the pipeline: (proofs/s, accepted proofs)."""
+    proofs = probe.proofs.drop_columns(["expected_code", "attack"])
+    batches = ((proofs.slice(first, batch), f"probe-{name}-{first}", None)
+               for first in range(0, proofs.num_rows, batch))
+    started, accepted = time.perf_counter(), 0
+    for _batch_id, result in finalize_all(validator, batches):
+        accepted += result.counts.get("ACCEPTED", 0)
+    return proofs.num_rows / (time.perf_counter() - started), accepted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--proofs", type=int, default=1_000_000)
@@ -61,7 +78,13 @@ def main() -> None:
     parser.add_argument("--plot", default=None)
     parser.add_argument("--json", default=None)
     parser.add_argument("--cache-only", action="store_true")
+    parser.add_argument("--probe", type=int, default=60_000, help="proofs per history probe (0: none)")
+    parser.add_argument("--replot", metavar="JSON", help="only draw --plot again from a --json of an earlier run")
     args = parser.parse_args()
+    if args.replot:
+        with open(args.replot) as handle:
+            plot(json.load(handle), args.plot or "state-history.png")
+        return
     config = Config.from_env(signature_threads=os.cpu_count())
 
     started = time.perf_counter()
@@ -70,6 +93,10 @@ def main() -> None:
     cuts = list(range(0, proofs.num_rows, args.batch))
     print(f"generated {proofs.num_rows:,} proofs of {args.walkers:,} walkers in {time.perf_counter() - started:.0f} s; "
           f"{len(cuts)} batches of {args.batch:,}", flush=True)
+
+    probes = [gen.generate(walkers=args.walkers, proofs=args.probe, seed=args.seed + 1 + k,
+                           center=(gen.DEFAULT_CENTER[0] + 0.18 * (k + 1), gen.DEFAULT_CENTER[1]))
+              for k in range(2)] if args.probe and not args.cache_only else []
 
     memory = MemoryStore(traffic.triangles, keep_verdicts=False)
     cache = StateCache() if args.cache_only else None
@@ -101,17 +128,22 @@ def main() -> None:
         with MongoStore(uri, "bench_state", config=config) as store:
             store.client.drop_database("bench_state")
         with MongoStore(uri, "bench_state", config=config) as store, Validator(store, config) as validator:
-            store.declare(IdRegion.of_ids(traffic.triangles))
+            store.declare(IdRegion.of_ids([*traffic.triangles, *(t for probe in probes for t in probe.triangles)]))
+            probe_rates = []
+            if probes:
+                probe_rates.append(_commit_probe(validator, probes[0], args.batch, "before"))
+                print(f"(d) probe into the empty database: {probe_rates[0][0]:,.0f} proofs/s", flush=True)
             per_batch, stages, committed = [], {}, 0
             started = last = time.perf_counter()
             batches = ((proofs.slice(first, args.batch), f"b{first}", None) for first in cuts)
-            written, kinds = 0, []
+            probe_writes = dict(store.writes)
+            written, kinds = sum(probe_writes.values()), []
             for _batch_id, result in finalize_all(validator, batches):
                 now = time.perf_counter()
                 writes = sum(store.writes.values()) - written
                 written += writes
                 per_batch.append((result.verdicts.num_rows, now - last, writes))
-                kinds.append(dict(store.writes))
+                kinds.append({k: v - probe_writes.get(k, 0) for k, v in store.writes.items()})
                 last = now
                 committed += result.counts.get("ACCEPTED", 0)
                 for stage, seconds in result.timings.items():
@@ -122,9 +154,11 @@ def main() -> None:
                           f"{writes:,} documents written, {seconds / max(writes, 1) * 1e6:,.0f} µs each "
                           f"in the last batch", flush=True)
             commit_s = time.perf_counter() - started
+            if probes:
+                probe_rates.append(_commit_probe(validator, probes[1], args.batch, "after"))
             cache = store.cache.figures()
-            writes_by_kind = dict(store.writes)
-            assert committed == store.accepted_count()
+            writes_by_kind = kinds[-1]
+            assert committed + sum(accepted for _, accepted in probe_rates) == store.accepted_count()
             stats = store.db.command("dbStats")
             documents = {name: store.db[name].estimated_document_count() for name in
                          ("triangles", "accounts", "nonces", "verdicts", "batches")}
@@ -141,15 +175,6 @@ def main() -> None:
     tenth = max(len(rates) // 10, 1)
     first, last_tenth = rates[:tenth].mean(), rates[-tenth:].mean()
     first_us, last_us = write_us[:tenth].mean(), write_us[-tenth:].mean()
-    # Batch time ≈ inserts · a + updates · b: fitted on each half, a and b say whether a document
-    # costs more as the history grows, whatever the mix of inserts and updates in the batches.
-    inserted = np.diff([0] + [sum(v for k, v in w.items() if k.endswith(("inserts", "nonces", "chunks")))
-                              for w in kinds])
-    updated = np.diff([0] + [w.get("account_updates", 0) + w.get("triangle_updates", 0) for w in kinds])
-    seconds = np.array([s for _, s, _ in per_batch])
-    half = len(seconds) // 2
-    fits = [np.linalg.lstsq(np.column_stack([inserted[part], updated[part]]), seconds[part], rcond=None)[0] * 1e6
-            for part in (slice(0, half), slice(half, None))]
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"(b) committed through the pipeline: {commit_rate:,.0f} proofs/s ({commit_s:.1f} s, "
           f"{committed:,} accepted proofs committed)")
@@ -161,10 +186,12 @@ def main() -> None:
           + ", ".join(f"{name} {n:,}" for name, n in documents.items()))
     print(f"    history: first tenth {first:,.0f} proofs/s, last tenth {last_tenth:,.0f} proofs/s, "
           f"ratio {last_tenth / first:.2f}   (goal >= 0.8)")
+    if probes:
+        (before, _), (after, _) = probe_rates
+        print(f"(d) the same work at history 0 and after {proofs.num_rows:,} proofs: {before:,.0f} and "
+              f"{after:,.0f} proofs/s, ratio {after / before:.2f}")
     print(f"    per document written: first tenth {first_us:,.0f} µs, last tenth {last_us:,.0f} µs, "
           f"ratio {first_us / last_us:.2f}; documents written: {writes_by_kind}")
-    print(f"    fitted cost per insert / per update: first half {fits[0][0]:,.0f} / {fits[0][1]:,.0f} µs, "
-          f"second half {fits[1][0]:,.0f} / {fits[1][1]:,.0f} µs")
     print(f"    cache: {cache['accounts']:,} accounts, {cache['triangles']:,} triangles, {cache['nonces']:,} nonces, "
           f"~{cache['bytes'] / 2**20:.0f} MiB; process peak RSS {peak_rss_mb:,.0f} MiB")
     report = {"proofs": proofs.num_rows, "walkers": args.walkers, "batch": args.batch,
@@ -172,32 +199,45 @@ def main() -> None:
               "ratio": commit_rate / validate_rate, "first_tenth_per_s": first, "last_tenth_per_s": last_tenth,
               "cache": cache, "peak_rss_mb": peak_rss_mb, "stages_s": stages, "writes": writes_by_kind,
               "first_tenth_us_per_write": first_us, "last_tenth_us_per_write": last_us,
-              "fitted_us_insert_update": [list(f) for f in fits],
+              "probes_per_s": [rate for rate, _ in probe_rates],
+              "writes_per_batch": [{k: v - before.get(k, 0) for k, v in now.items()}
+                                   for before, now in zip([{}] + kinds, kinds)],
               "per_batch": per_batch}
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=1)
     if args.plot:
-        import matplotlib
+        plot(report, args.plot)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        done = np.cumsum([rows for rows, _, _ in per_batch])
-        fig, (ax, cost) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-        ax.plot(done / 1e6, rates, lw=0.8, label="committed, per batch")
-        ax.set_ylabel("proofs/s")
-        ax.set_ylim(0, None)
-        ax.set_title(f"stepbatch on SecantusDB as the history grows ({args.batch:,}-proof batches)")
-        ax.legend(loc="lower left")
-        cost.plot(done / 1e6, write_us, lw=0.8, color="C1", label="batch time per document written")
-        cost.set_ylabel("µs per document")
-        cost.set_ylim(0, None)
-        cost.set_xlabel("proofs committed so far (millions)")
-        cost.legend(loc="lower left")
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        print(f"plot: {args.plot}")
+def plot(report: dict, path: str) -> None:
+    """Committed proofs/s and batch time per document written, per batch, against the proofs
+    committed so far; the two probes as points at either end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_batch = report["per_batch"]
+    done = np.cumsum([rows for rows, _, _ in per_batch]) / 1e6
+    fig, (ax, cost) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    ax.plot(done, [rows / seconds for rows, seconds, _ in per_batch], lw=0.8, label="committed, per batch")
+    if report.get("probes_per_s"):
+        ax.plot([0, done[-1]], report["probes_per_s"], "o", color="C3",
+                label="the same probe traffic into the empty and the grown database")
+    ax.set_ylabel("proofs/s")
+    ax.set_ylim(0, None)
+    ax.set_title(f"stepbatch on SecantusDB as the history grows ({report['batch']:,}-proof batches)")
+    ax.legend(loc="lower left")
+    cost.plot(done, [seconds / max(writes, 1) * 1e6 for _, seconds, writes in per_batch], lw=0.8, color="C1",
+              label="batch time per document written")
+    cost.set_ylabel("µs per document")
+    cost.set_ylim(0, None)
+    cost.set_xlabel("proofs committed so far (millions)")
+    cost.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":

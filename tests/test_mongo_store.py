@@ -108,26 +108,46 @@ def _utc(ts_ms: int):
     return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=ts_ms)
 
 
-def test_commit_after_a_triangle_moved_is_stale_and_writes_nothing(mongo_store):
+def _commit_elsewhere(uri: str, db_name: str, rows: list[dict], batch_id: str) -> None:
+    """Another validator on the same database commits `rows`."""
+    with MongoStore(uri, db_name) as other:
+        other.commit(_outcome(other, rows, batch_id))
+
+
+def test_commit_after_another_writer_clicked_its_triangle_is_stale_and_writes_nothing(
+        mongo_uri, mongo_db_name, mongo_store):
     mongo_store.add_triangles([BASE])
     outcome = _outcome(mongo_store, _clicks(BASE, range(2)), "b1")
-    mongo_store.db.triangles.update_one({"_id": BASE}, {"$inc": {"clicks": 1}})
+    _commit_elsewhere(mongo_uri, mongo_db_name, _clicks(BASE, range(5, 6), nonce="o"), "other")
     before = _collections_snapshot(mongo_store.db)
     with pytest.raises(StaleStateError):
         mongo_store.commit(outcome)
     assert _collections_snapshot(mongo_store.db) == before
+    assert mongo_store.db.triangles.find_one({"_id": BASE})["clicks"] == 1
 
 
-def test_commit_after_an_account_moved_is_stale_and_writes_nothing(mongo_store):
+def test_commit_after_another_writer_moved_an_account_is_stale_and_writes_nothing(
+        mongo_uri, mongo_db_name, mongo_store):
     mongo_store.add_triangles([BASE])
     mongo_store.commit(_outcome(mongo_store, _clicks(BASE, range(2)), "b1"))
     outcome = _outcome(mongo_store, _clicks(BASE, range(2), T0_MS + 60_000, nonce="m"), "b2")
-    mongo_store.db.accounts.update_one({"_id": _clicks(BASE, range(1))[0]["account"].lower()},
-                                       {"$inc": {"proofCount": 1}})
+    _commit_elsewhere(mongo_uri, mongo_db_name, _clicks(BASE, range(1), T0_MS + 60_000, nonce="o"), "other")
     before = _collections_snapshot(mongo_store.db)
     with pytest.raises(StaleStateError):
         mongo_store.commit(outcome)
     assert _collections_snapshot(mongo_store.db) == before
+    account = mongo_store.db.accounts.find_one({"_id": _clicks(BASE, range(1))[0]["account"].lower()})
+    assert account["proofCount"] == 2
+
+
+def test_commit_whose_triangle_was_removed_meanwhile_is_stale(mongo_store):
+    mongo_store.add_triangles([BASE])
+    mongo_store.commit(_outcome(mongo_store, _clicks(BASE, range(1)), "b1"))
+    outcome = _outcome(mongo_store, _clicks(BASE, range(1, 2), T0_MS + 60_000), "b2")
+    mongo_store.db.triangles.delete_one({"_id": BASE})
+    with pytest.raises(StaleStateError, match="gone"):
+        mongo_store.commit(outcome)
+    assert mongo_store.db.batches.count_documents({"_id": "b2"}) == 0
 
 
 def test_commit_racing_the_first_proof_of_an_account_is_stale(mongo_store):

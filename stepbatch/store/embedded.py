@@ -7,6 +7,11 @@ it, 62 µs without) and, once the oplog reached its cap, a prune; its transactio
 It runs as a child process (never in ours: its accept loop and WiredTiger would share our GIL with
 the Numba and signature stages) on a loopback port, keeps its data in a persistent directory and
 writes its log beside the data. Every way it can fail to start becomes one `StoreError` saying why.
+
+Its WiredTiger cache is sized as mongod sizes its own, half of (memory − 1 GiB), at least 256 MiB,
+rather than SecantusDB's 1 GiB. With 1 GiB, a database of 1,000,000 committed proofs kept
+WiredTiger's eviction threads busy beside the server's own (the process at 130-145% of a core where
+it is at 85-93% with the larger cache) and its last batches committed 15% slower.
 """
 
 from __future__ import annotations
@@ -35,6 +40,16 @@ CONFIG_NAME = "secantusd.stepbatch.toml"
 LOCK_NAME = "WiredTiger.lock"  # WiredTiger's exclusive (fcntl) lock on its home directory
 MIN_FREE_BYTES = 64 * 2**20  # WiredTiger preallocates a 10 MiB log file and needs room for its tables
 
+
+def default_cache_mib() -> int:
+    """mongod's default WiredTiger cache: 50% of (RAM − 1 GiB), at least 256 MiB."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1024
+    return max(256, int((ram - 2**30) / 2 / 2**20))
+
+
 _LISTENING = re.compile(rb"secantus listening on (\S+):(\d+)")
 _PR_SET_PDEATHSIG = 1
 
@@ -48,12 +63,13 @@ class EmbeddedServer:
     """
 
     def __init__(self, data_dir: str | os.PathLike, port: int = 0, test_commands: bool = False,
-                 host: str = "127.0.0.1", start_timeout_s: float = 60.0):
+                 host: str = "127.0.0.1", start_timeout_s: float = 60.0, cache_mib: int | None = None):
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.host = host
         self.port = int(port)
         self.test_commands = test_commands
         self.start_timeout_s = start_timeout_s
+        self.cache_mib = cache_mib or default_cache_mib()
         self.log_path = self.data_dir / LOG_NAME
         self.process: subprocess.Popen | None = None
 
@@ -78,7 +94,7 @@ class EmbeddedServer:
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         command = [sys.executable, "-m", "secantus", "--config", str(self.data_dir / CONFIG_NAME),
                    "--host", self.host, "--port", str(self.port), "--storage-path", str(self.data_dir),
-                   "--log-level", "INFO", "--standalone"]
+                   "--log-level", "INFO", "--standalone", "--cache-size", f"{self.cache_mib}M"]
         if self.test_commands:
             command.append("--enable-test-commands")
         with open(self.log_path, "ab") as log:

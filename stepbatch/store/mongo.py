@@ -281,12 +281,12 @@ class MongoStore:
         _insert(db.nonces, plan.nonces, session)
         _insert(db.verdicts, plan.chunks, session)
         _insert(db.accounts, plan.account_inserts, session)
-        _guarded_updates(db.accounts, plan.account_updates, "accounts", session)
+        _updates(db.accounts, plan.account_updates, "accounts", session)
         now = plan.batch["committedAt"]
         new = plan.triangle_inserts + (documents.triangle_documents(mesh_ids.decode_ids(children).keys, now)
                                        if children else [])
         _insert(db.triangles, new, session)
-        _guarded_updates(db.triangles, plan.triangle_updates, "triangles", session)
+        _updates(db.triangles, plan.triangle_updates, "triangles", session)
 
     def _children_to_insert(self, children: list[str]) -> list[str]:
         """The children of this batch's subdivisions that have no document yet. Only seeding creates
@@ -320,17 +320,17 @@ class MongoStore:
         self.close()
 
 
-def _guarded_updates(collection, updates: list, what: str, session) -> None:
-    """Apply (filter, update[, upsert]) whose filters hold the state the batch was validated against;
-    any that no longer matches means a writer outside the sequence protocol moved it. An upsert's
-    filter that no longer matches a document that exists fails on the duplicate `_id`."""
+def _updates(collection, updates: list, what: str, session) -> None:
+    """Apply ({_id}, update[, upsert]) in bulk. The sequence number guards them (see
+    `stepbatch.store.layout`); one that finds no document to update means the document was removed
+    since the batch's state was loaded."""
     for start in range(0, len(updates), UPDATE_CHUNK):
         part = updates[start:start + UPDATE_CHUNK]
         result = collection.bulk_write([UpdateOne(*op[:2], upsert=len(op) > 2 and op[2]) for op in part],
                                        ordered=False, session=session)
         done = result.matched_count + result.upserted_count
         if done != len(part):
-            raise StaleStateError(f"{len(part) - done} of the batch's {what} changed "
+            raise StaleStateError(f"{len(part) - done} of the batch's {what} are gone "
                                   f"since its state was loaded")
 
 
