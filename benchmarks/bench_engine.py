@@ -142,7 +142,8 @@ def main() -> None:
     for rows, runs in latency.items():
         p50 = [float(np.percentile(r, 50)) * 1e3 for r in runs]
         p99 = [float(np.percentile(r, 99)) * 1e3 for r in runs]
-        print(f"    {rows:>6,}-proof batches x {len(runs[0]):>3}: p50 {min(p50):8.1f} ms ({min(p50):.1f}-{max(p50):.1f})"
+        print(f"    {rows:>6,}-proof batches x {len(runs[0]):>3}: "
+              f"p50 {min(p50):8.1f} ms ({min(p50):.1f}-{max(p50):.1f})"
               f"   p99 {min(p99):8.1f} ms ({min(p99):.1f}-{max(p99):.1f})   "
               f"{rows / (min(p50) / 1e3):>9,.0f} proofs/s at p50")
     print(f"load average after: {os.getloadavg()[0]:.2f}")

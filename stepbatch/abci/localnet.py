@@ -274,7 +274,8 @@ class Localnet:
         for node in state["nodes"]:
             answer = rpc_get(node["rpc"], "status")
             info = (answer or {}).get("sync_info", {})
-            nodes.append({"index": node["index"], "rpc": node["rpc"], "running": [process_running(p) for p in node["pids"]],
+            nodes.append({"index": node["index"], "rpc": node["rpc"],
+                          "running": [process_running(p) for p in node["pids"]],
                           "byzantine": node["byzantine"], "height": int(info["latest_block_height"]) if info else None,
                           "app_hash": info.get("latest_app_hash"), "catching_up": info.get("catching_up")})
         return {"chain_id": state["chain_id"], "nodes": nodes}

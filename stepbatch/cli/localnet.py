@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     up.add_argument("--dir", required=True, help="the network's directory")
     up.add_argument("--validators", type=int_in_range("a validator count", 1, 64), default=4,
                     help="validators (4)")
-    up.add_argument("--levels", type=_level_range, default=None, metavar="A-B", help="mesh levels to declare at genesis")
+    up.add_argument("--levels", type=_level_range, default=None, metavar="A-B",
+                    help="mesh levels to declare at genesis")
     up.add_argument("--bbox", type=_bbox, default=None, metavar="W,S,E,N", help="only near this box")
     up.add_argument("--triangles", default=None, metavar="FILE",
                     help="JSON list of triangle ids (or gen's .triangles.json) to declare instead")

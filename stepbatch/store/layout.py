@@ -36,6 +36,7 @@ from bson.int64 import Int64
 
 from stepbatch.mesh import ids as mesh_ids
 from stepbatch.mesh import keys as mesh_keys
+from stepbatch.mesh.regions import Regions
 from stepbatch.protocol import TRIANGLE_STATE_NAMES, Code, TriangleState
 from stepbatch.schema import VERDICT_SCHEMA
 from stepbatch.store.base import BatchOutcome
@@ -74,7 +75,10 @@ class CommitPlan:
     triangle_states: dict[str, tuple[int, int]]  # what the batch leaves in `triangles`, for the cache
 
 
-def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime) -> CommitPlan:
+def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime, regions: Regions | None = None) -> CommitPlan:
+    """The batch's writes. `regions`: the declarations its state was read under; a first change of a
+    triangle no declaration covers is a plain update, since such a triangle exists only by its document
+    (without them every first change upserts)."""
     keys, prior, final = outcome.keys, outcome.prior, outcome.final
     accepted = np.flatnonzero(pc.equal(outcome.verdicts.column("code"), Code.ACCEPTED.name)
                               .to_numpy(zero_copy_only=False))
@@ -106,6 +110,8 @@ def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime) -> CommitPlan
     # A triangle active with no clicks before this batch may exist only by a declared region; its
     # update is an upsert that writes its document then (see `_triangle_update`).
     first = updated[(prior.triangle_state[updated] == TriangleState.ACTIVE) & (prior.triangle_clicks[updated] == 0)]
+    if regions is not None:
+        first = first[regions.covers(triangle_keys[first])]
     pristine = dict(zip(first.tolist(), triangle_documents(triangle_keys[first], now)))
     triangle_inserts = [{**document, **fields(i)} for i, document in
                         zip(created.tolist(), triangle_documents(triangle_keys[created], now))]
@@ -141,8 +147,8 @@ def subdivisions(outcome: BatchOutcome, triangle_keys: np.ndarray | None = None)
     subdivided = subdivided[final.triangle_state[subdivided] == TriangleState.SUBDIVIDED]
     if not len(subdivided):
         return {}
-    children = mesh_keys.child_keys(triangle_keys[subdivided])
-    return dict(zip(subdivided.tolist(), (mesh_ids.encode_keys(row).to_pylist() for row in children)))
+    children = mesh_ids.encode_keys(mesh_keys.child_keys(triangle_keys[subdivided]).reshape(-1)).to_pylist()
+    return {i: children[4 * k:4 * k + 4] for k, i in enumerate(subdivided.tolist())}
 
 
 def unnamed_children(outcome: BatchOutcome, children_of: dict[int, list[str]] | None = None) -> list[str]:

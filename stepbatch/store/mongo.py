@@ -229,7 +229,7 @@ class MongoStore:
         seq = outcome.prior.seq
         if seq is None:
             raise StoreError(f"batch {outcome.batch_id} was not validated against this store")
-        plan = layout.plan_commit(outcome, seq + 1, dt.datetime.now(dt.timezone.utc))
+        plan = layout.plan_commit(outcome, seq + 1, dt.datetime.now(dt.timezone.utc), self._declared())
         try:
             children = self._children_to_insert(plan.children)
             self._transact(outcome.batch_id, seq, plan, children, also)

@@ -2,10 +2,10 @@
 from the stored verdicts.
 
 `state_digest` lets two validators (or two runs) check that they hold the same declared regions,
-triangles, accounts, used nonces and verdicts, whatever order the documents were written in. `replay_event_log` recomputes
-balances, clicks, proof counts and used nonces from the accepted rows of the `verdicts` chunks alone,
-and `event_log_mismatches` lists every way the stored state differs from that: a lost click, a reused
-nonce, a nonce without its proof or a double reward all show up there.
+triangles, accounts, used nonces and verdicts, whatever order the documents were written in.
+`replay_event_log` recomputes balances, clicks, proof counts and used nonces from the accepted rows of
+the `verdicts` chunks alone, and `event_log_mismatches` lists every way the stored state differs from
+that: a lost click, a reused nonce, a nonce without its proof or a double reward all show up there.
 """
 
 from __future__ import annotations
