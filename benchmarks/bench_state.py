@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,8 @@ def _commit_probe(validator: Validator, probe, batch: int, name: str) -> tuple[f
 
 
 def main() -> None:
+    # A terminated benchmark still stops the database server it started (its `finally` runs).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--proofs", type=int, default=1_000_000)
     parser.add_argument("--walkers", type=int, default=600)
