@@ -232,7 +232,9 @@ class MongoStore:
         plan = layout.plan_commit(outcome, seq + 1, dt.datetime.now(dt.timezone.utc), self._declared())
         try:
             children = self._children_to_insert(plan.children)
-            self._transact(outcome.batch_id, seq, plan, children, also)
+            new = plan.triangle_inserts + (documents.triangle_documents(
+                mesh_ids.decode_ids(children).keys, plan.batch["committedAt"]) if children else [])
+            self._transact(outcome.batch_id, seq, plan, new, also)
         except BaseException:
             self.discard_staged()
             raise
@@ -246,12 +248,12 @@ class MongoStore:
                 for child in children:
                     self.cache.put_triangle(child, (int(TriangleState.ACTIVE), 0))
 
-    def _transact(self, batch_id: str, seq: int, plan: layout.CommitPlan, children: list[str], also) -> None:
+    def _transact(self, batch_id: str, seq: int, plan: layout.CommitPlan, new: list[dict], also) -> None:
         for attempt in range(TRANSIENT_RETRIES):
             try:
                 with self.client.start_session() as session:
                     with session.start_transaction():
-                        self._write(seq, plan, children, session)
+                        self._write(seq, plan, new, session)
                         if also is not None:
                             also(self.db, session)
                 return
@@ -271,7 +273,8 @@ class MongoStore:
                                           f"writers ({brief(err)})") from err
                 raise StoreError(f"commit of batch {batch_id} failed and was rolled back: {brief(err)}") from err
 
-    def _write(self, seq: int, plan: layout.CommitPlan, children: list[str], session) -> None:
+    def _write(self, seq: int, plan: layout.CommitPlan, new: list[dict], session) -> None:
+        """The batch's writes (`new`: the triangle documents it creates), every one built beforehand."""
         db = self.db
         # The sequence number first: a concurrent writer conflicts here, before any other write.
         if not database.advance_seq(db, seq, session):
@@ -282,9 +285,6 @@ class MongoStore:
         _insert(db.verdicts, plan.chunks, session)
         _insert(db.accounts, plan.account_inserts, session)
         _updates(db.accounts, plan.account_updates, "accounts", session)
-        now = plan.batch["committedAt"]
-        new = plan.triangle_inserts + (documents.triangle_documents(mesh_ids.decode_ids(children).keys, now)
-                                       if children else [])
         _insert(db.triangles, new, session)
         _updates(db.triangles, plan.triangle_updates, "triangles", session)
 
