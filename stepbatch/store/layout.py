@@ -1,7 +1,7 @@
 """How one batch is laid out in MongoDB: the fewest documents and index entries that keep SPEC §5.
 
-Measured on the embedded server, a document costs about as much as an index entry, an insert ~70 µs
-and an update ~530 µs, while one document holding thousands of rows as columns costs ~10 ms. So:
+Measured on the embedded server, a document costs about as much as an index entry, an insert ~55 µs
+and an update ~250-400 µs, while one document holding thousands of rows as columns costs ~10 ms. So:
 
 - `nonces`: one document per accepted proof, `{_id: "{account}:{nonce}"}` and nothing else; the unique
   `_id` is (account, nonce) uniqueness, enforced by the database itself.
