@@ -75,10 +75,8 @@ class CommitPlan:
     triangle_states: dict[str, tuple[int, int]]  # what the batch leaves in `triangles`, for the cache
 
 
-def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime, regions: Regions | None = None) -> CommitPlan:
-    """The batch's writes. `regions`: the declarations its state was read under; a first change of a
-    triangle no declaration covers is a plain update, since such a triangle exists only by its document
-    (without them every first change upserts)."""
+def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime, regions: Regions) -> CommitPlan:
+    """The batch's writes; `regions` are the declarations its state was read under."""
     keys, prior, final = outcome.keys, outcome.prior, outcome.final
     accepted = np.flatnonzero(pc.equal(outcome.verdicts.column("code"), Code.ACCEPTED.name)
                               .to_numpy(zero_copy_only=False))
@@ -107,11 +105,11 @@ def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime, regions: Regi
 
     created = np.flatnonzero(~existed & (final.triangle_state != TriangleState.MISSING))
     updated = np.flatnonzero(existed & changed)
-    # A triangle active with no clicks before this batch may exist only by a declared region; its
-    # update is an upsert that writes its document then (see `_triangle_update`).
+    # A declared triangle active with no clicks before this batch may have no document yet: its update
+    # is an upsert that writes it then (see `_triangle_update`). One no declaration covers exists only
+    # by its document, which a plain update finds.
     first = updated[(prior.triangle_state[updated] == TriangleState.ACTIVE) & (prior.triangle_clicks[updated] == 0)]
-    if regions is not None:
-        first = first[regions.covers(triangle_keys[first])]
+    first = first[regions.covers(triangle_keys[first])]
     pristine = dict(zip(first.tolist(), triangle_documents(triangle_keys[first], now)))
     triangle_inserts = [{**document, **fields(i)} for i, document in
                         zip(created.tolist(), triangle_documents(triangle_keys[created], now))]
