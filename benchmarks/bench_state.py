@@ -44,6 +44,7 @@ from stepbatch import MemoryStore, Validator
 from stepbatch.config import Config
 from stepbatch.mesh.regions import IdRegion
 from stepbatch.pipeline import finalize_all
+from stepbatch.store import layout
 from stepbatch.store.cache import StateCache
 from stepbatch.store.mongo import MongoStore
 from stepbatch.tools import gen
@@ -109,7 +110,7 @@ def main() -> None:
             result = validator.validate(proofs.slice(first, args.batch), f"b{first}")
             memory.commit(result.outcome)
             if cache is not None:
-                cache.apply(result.outcome)
+                cache.apply(result.outcome, layout.stored_after(result.outcome))
     validate_s = time.perf_counter() - started
     if cache is not None:
         figures = cache.figures()

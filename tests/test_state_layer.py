@@ -199,3 +199,43 @@ def test_db_migrate_moves_a_first_layout_database_and_validation_goes_on(mongo_u
             result = validator.finalize([honest(0, "a"), honest(1, "b")], "new")
     assert result.verdicts.column("code").to_pylist() == ["NONCE_REPLAY", "ACCEPTED"]
     assert result.verdicts.column("click_number").to_pylist() == [None, 2]
+
+
+def test_a_layout_2_database_is_migrated_by_its_version_and_holds_the_same_state(traffic, mongo_uri, mongo_db_name,
+                                                                                 monkeypatch):
+    """Layout 2 wrote the four children of every subdivision; layout 3 reads them as they are."""
+    import datetime as dt
+
+    from stepbatch.cli import main
+    from stepbatch.store.database import LAYOUT_ID
+    from stepbatch.store.documents import triangle_documents
+
+    first, rest = batches(traffic)[:5], batches(traffic)[5:7]
+    names = (mongo_db_name, mongo_db_name + "_v2")
+    for name in names:
+        with MongoStore(mongo_uri, name, config=CONFIG) as store, Validator(store, CONFIG) as validator:
+            store.add_triangles(traffic.triangles)
+            for batch, batch_id, _ in first:
+                validator.finalize(batch, batch_id)
+    with pymongo.MongoClient(mongo_uri, tz_aware=True) as client:
+        old = client[names[1]]
+        parents = [doc["_id"] for doc in old.triangles.find({"state": "subdivided"}, {"_id": 1})]
+        assert parents
+        children = [child for parent in parents for child in mesh.children(parent)]
+        stored = {doc["_id"] for doc in old.triangles.find({"_id": {"$in": children}}, {"_id": 1})}
+        old.triangles.insert_many(triangle_documents(
+            mesh.decode_ids([c for c in children if c not in stored]).keys, dt.datetime.now(dt.timezone.utc)))
+        old.meta.update_one({"_id": LAYOUT_ID}, {"$set": {"version": 2}})
+    with pytest.raises(LayoutError, match="layout 2; move it to layout 3 with `stepbatch db migrate`"):
+        MongoStore(mongo_uri, names[1], config=CONFIG)
+    monkeypatch.setenv("STEPBATCH_DB", names[1])
+    assert main(["--mongodb-uri", mongo_uri, "db", "migrate"]) == 0
+    outcomes = []
+    for name in names:
+        with MongoStore(mongo_uri, name, config=CONFIG) as store, Validator(store, CONFIG) as validator:
+            outcomes.append(([validator.finalize(batch, batch_id).digest for batch, batch_id, _ in rest],
+                             state_digest(store.db)))
+            assert event_log_mismatches(store.db) == []
+    assert outcomes[0] == outcomes[1]
+    with pymongo.MongoClient(mongo_uri) as client:
+        client.drop_database(names[1])

@@ -27,10 +27,12 @@ def register(subparsers) -> None:
                        help="data directory (default: $STEPBATCH_DATA_DIR/db, else ./stepbatch-data/db)")
     serve.set_defaults(func=run_serve)
     migrate = commands.add_parser(
-        "migrate", help="move a database of stepbatch's first layout to the current one",
-        description=("Rewrite the database named by STEPBATCH_DB (at MONGODB_URI, else the embedded "
-                     "server's data directory) from one document per event and rejection to the "
-                     "current layout, batch by batch; a migration that stops can be run again."))
+        "migrate", help="move a database of an earlier stepbatch layout to the current one",
+        description=("Move the database named by STEPBATCH_DB (at MONGODB_URI, else the embedded "
+                     "server's data directory) to the current layout: from the first (one document per "
+                     "event and rejection) batch by batch, and a migration that stops can be run again; "
+                     "from the second (child documents written at each subdivision) by its version "
+                     "number alone."))
     migrate.add_argument("--data-dir", default=None, metavar="DIR",
                          help="embedded server data directory (default: $STEPBATCH_DATA_DIR/db)")
     migrate.set_defaults(func=run_migrate)

@@ -202,8 +202,8 @@ def info(request: Request):
     triangle_id = _triangle_id(request)
     found = existing_triangles(db, [triangle_id])
     if not found:
-        return api_error("NOT_FOUND", f"triangle {triangle_id} does not exist: it is neither stored nor "
-                                      f"in a declared region (its parent may not have subdivided yet)", 404)
+        return api_error("NOT_FOUND", f"triangle {triangle_id} does not exist: it is not stored, no declared "
+                                      f"region covers it and its parent has not subdivided", 404)
     doc = found[0]
     face, level, path = mesh.decode_id(triangle_id)
     last_click = doc.get("lastClickAt")

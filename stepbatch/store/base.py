@@ -55,6 +55,8 @@ class PriorState:
     triangle_clicks: np.ndarray  # int64
     nonce_used: np.ndarray  # bool: an accepted proof already used this (account, nonce)
     seq: int | None = None  # the store's commit sequence number this state was read at, if it has one
+    # bool per triangle: it has a document of its own (a store of documents says; None elsewhere).
+    triangle_stored: np.ndarray | None = None
 
     @classmethod
     def empty(cls, keys: StateKeys) -> "PriorState":
@@ -73,8 +75,10 @@ class PriorState:
         )
 
     def copy(self) -> "PriorState":
+        """The same state, to be changed into the state after a batch: without `triangle_stored`,
+        which describes the store as it was read."""
         return PriorState(**{f.name: getattr(self, f.name).copy() for f in dataclasses.fields(self)
-                             if f.name != "seq"}, seq=self.seq)
+                             if f.name not in ("seq", "triangle_stored")}, seq=self.seq)
 
 
 @dataclasses.dataclass(frozen=True)

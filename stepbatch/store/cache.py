@@ -24,8 +24,8 @@ import pyarrow as pa
 
 # Account state: (balance_micro, proof_count, has_last, last_lat, last_lon, last_ts_ms).
 AccountState = tuple[int, int, bool, float, float, int]
-# Triangle state: (TriangleState value, clicks).
-TriangleEntry = tuple[int, int]
+# Triangle state: (TriangleState value, clicks, whether it has a document of its own).
+TriangleEntry = tuple[int, int, bool]
 
 
 def nonce_hashes(account: str, nonces: list[str]) -> np.ndarray:
@@ -108,9 +108,10 @@ class StateCache:
         while len(self.triangles) > self.max_triangles:
             self.triangles.popitem(last=False)
 
-    def apply(self, outcome) -> None:
-        """Write through a batch's effects (a `BatchOutcome`): its accounts, triangles and nonces as
-        they are after it, at the sequence number after the one it was validated at."""
+    def apply(self, outcome, stored: np.ndarray) -> None:
+        """Write through a batch's effects (a `BatchOutcome`): its accounts, triangles (`stored`: bool
+        per triangle, it has a document after the batch) and nonces as they are after it, at the
+        sequence number after the one it was validated at."""
         final, keys = outcome.final, outcome.keys
         new = outcome.prior.account_proof_count == 0
         for i, address in enumerate(keys.accounts.to_pylist()):
@@ -118,9 +119,9 @@ class StateCache:
                                        bool(final.account_has_last[i]), float(final.account_last_lat[i]),
                                        float(final.account_last_lon[i]), int(final.account_last_ts_ms[i])),
                              np.zeros(0, np.uint64) if new[i] else None)
-        for triangle_id, state, clicks in zip(keys.triangles.to_pylist(), final.triangle_state.tolist(),
-                                              final.triangle_clicks.tolist()):
-            self.put_triangle(triangle_id, (state, clicks))
+        for entry in zip(keys.triangles.to_pylist(), final.triangle_state.tolist(),
+                         final.triangle_clicks.tolist(), stored.tolist()):
+            self.put_triangle(entry[0], entry[1:])
         used = np.flatnonzero(final.nonce_used & ~outcome.prior.nonce_used)
         if len(used):
             owners = keys.nonce_accounts.take(pa.array(used)).to_pylist()

@@ -64,9 +64,12 @@ def check_layout(db) -> None:
     layout = db.meta.find_one({"_id": LAYOUT_ID})
     if layout is not None and layout.get("version") == LAYOUT_VERSION:
         return
+    if layout is not None and isinstance(layout.get("version"), int) and layout["version"] < LAYOUT_VERSION:
+        raise LayoutError(f"database {db.name} has stepbatch layout {layout['version']}; move it to layout "
+                          f"{LAYOUT_VERSION} with `stepbatch db migrate` (same MONGODB_URI and STEPBATCH_DB)")
     if layout is not None:
         raise LayoutError(f"database {db.name} has stepbatch layout {layout.get('version')}, this "
-                          f"stepbatch reads layout {LAYOUT_VERSION}")
+                          f"stepbatch reads layout {LAYOUT_VERSION}: a newer stepbatch wrote it")
     if any(db[name].find_one({}, {"_id": 1}) is not None for name in OLD_COLLECTIONS):
         raise LayoutError(f"database {db.name} was written with stepbatch's first layout (one document "
                           f"per event); move it to layout {LAYOUT_VERSION} with `stepbatch db migrate` "

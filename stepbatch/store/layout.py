@@ -17,6 +17,12 @@ and an update ~250-400 µs, while one document holding thousands of rows as colu
   say nothing more and cost twice as much: SecantusDB serves a filter on `_id` alone from the
   primary key (~260 µs per update) but plans one with more fields through every index picker first
   (~550 µs).
+- A triangle gets its document when it is first changed, and that write is an insert: a declared
+  triangle (SPEC §5) and the child of a subdivided triangle exist without one, active and unclicked,
+  the child by its parent's `subdivided` state and `childrenIds` (a subdivision declares its four
+  children). Four child documents written at each subdivision and an update at each child's first
+  click would cost ~1.5 ms; the insert at the first click costs ~60 µs. The store knows, per
+  triangle, whether it has a document (`PriorState.triangle_stored`).
 - `batches`: one document per batch; `meta`: the layout version and the commit sequence number.
 
 Everything is built here, outside the transaction, so the transaction itself is only round trips.
@@ -36,13 +42,14 @@ from bson.int64 import Int64
 
 from stepbatch.mesh import ids as mesh_ids
 from stepbatch.mesh import keys as mesh_keys
-from stepbatch.mesh.regions import Regions
 from stepbatch.protocol import TRIANGLE_STATE_NAMES, Code, TriangleState
 from stepbatch.schema import VERDICT_SCHEMA
 from stepbatch.store.base import BatchOutcome
 from stepbatch.store.documents import triangle_documents
 
-LAYOUT_VERSION = 2
+# 3: a subdivision writes no child documents (its children exist by their parent's state). A layout-2
+# database reads the same; `stepbatch db migrate` moves it to 3.
+LAYOUT_VERSION = 3
 CHUNK_ROWS = 4096
 # A rejected row's text is whatever arrived (a 17 MB nonce is a rejection like any other); stored,
 # each text field is cut to this many characters and marked, so that every batch fits in BSON.
@@ -69,14 +76,12 @@ class CommitPlan:
     chunks: list[dict]
     account_inserts: list[dict]  # accounts without an accepted proof before this batch
     account_updates: list[tuple[dict, dict]]  # ({_id}, $set)
-    triangle_inserts: list[dict]  # triangles this batch brought into existence
-    triangle_updates: list[tuple]  # ({_id}, update[, upsert])
-    children: list[str]  # children of triangles this batch subdivided that it did not name
-    triangle_states: dict[str, tuple[int, int]]  # what the batch leaves in `triangles`, for the cache
+    triangle_inserts: list[dict]  # triangles first changed by this batch, which had no document
+    triangle_updates: list[tuple[dict, dict]]  # ({_id}, $set)
 
 
-def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime, regions: Regions) -> CommitPlan:
-    """The batch's writes; `regions` are the declarations its state was read under."""
+def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime) -> CommitPlan:
+    """The batch's writes."""
     keys, prior, final = outcome.keys, outcome.prior, outcome.final
     accepted = np.flatnonzero(pc.equal(outcome.verdicts.column("code"), Code.ACCEPTED.name)
                               .to_numpy(zero_copy_only=False))
@@ -87,12 +92,7 @@ def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime, regions: Regi
     # Per triangle, the proof time of its last accepted click in this batch.
     last_click_ms = np.full(len(triangle_ids), -1, np.int64)
     np.maximum.at(last_click_ms, outcome.row_triangle[accepted], ts_ms[accepted])
-
     children_of = subdivisions(outcome, triangle_keys)
-    unnamed = unnamed_children(outcome, children_of)
-
-    existed = prior.triangle_state != TriangleState.MISSING
-    changed = (final.triangle_clicks != prior.triangle_clicks) | (final.triangle_state != prior.triangle_state)
 
     def fields(i: int) -> dict:
         values = {"clicks": int(final.triangle_clicks[i]), "state": _STATE_NAMES[final.triangle_state[i]],
@@ -103,37 +103,41 @@ def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime, regions: Regi
             values["childrenIds"] = children_of[i]
         return values
 
-    created = np.flatnonzero(~existed & (final.triangle_state != TriangleState.MISSING))
-    updated = np.flatnonzero(existed & changed)
-    # A declared triangle active with no clicks before this batch may have no document yet: its update
-    # is an upsert that writes it then (see `_triangle_update`). One no declaration covers exists only
-    # by its document, which a plain update finds.
-    first = updated[(prior.triangle_state[updated] == TriangleState.ACTIVE) & (prior.triangle_clicks[updated] == 0)]
-    first = first[regions.covers(triangle_keys[first])]
-    pristine = dict(zip(first.tolist(), triangle_documents(triangle_keys[first], now)))
-    triangle_inserts = [{**document, **fields(i)} for i, document in
-                        zip(created.tolist(), triangle_documents(triangle_keys[created], now))]
+    written = triangles_written(outcome)
+    stored = _stored(prior)
+    inserted, updated = written & ~stored, written & stored
+    created = np.flatnonzero(inserted)
     account_inserts, account_updates = _account_writes(outcome, now)
     return CommitPlan(
         batch=_batch_document(outcome, seq, now),
         nonces=nonce_documents(outcome, accepted),
         chunks=verdict_chunks(outcome, seq),
         account_inserts=account_inserts, account_updates=account_updates,
-        triangle_inserts=triangle_inserts,
-        triangle_updates=[_triangle_update(triangle_ids[i], fields(i), pristine.get(i)) for i in updated.tolist()],
-        children=unnamed,
-        triangle_states=dict(zip(triangle_ids, zip(final.triangle_state.tolist(),
-                                                   final.triangle_clicks.tolist()))),
+        triangle_inserts=[{**document, **fields(i)} for i, document in
+                          zip(created.tolist(), triangle_documents(triangle_keys[created], now))],
+        triangle_updates=[({"_id": triangle_ids[i]}, {"$set": fields(i)}) for i in np.flatnonzero(updated).tolist()],
     )
 
 
-def _triangle_update(triangle_id: str, values: dict, document: dict | None) -> tuple:
-    """({_id}, update[, upsert]) of one triangle. Its first change (`document` given) upserts: a
-    declared triangle gets its document then, a stored one is updated."""
-    if document is None:
-        return {"_id": triangle_id}, {"$set": values}
-    rest = {k: v for k, v in document.items() if k not in values and k != "_id"}
-    return {"_id": triangle_id}, {"$set": values, "$setOnInsert": rest}, True
+def triangles_written(outcome: BatchOutcome) -> np.ndarray:
+    """bool per triangle of the batch: the commit writes its document. That is every triangle the batch
+    changed, except one it only brought into existence (active, no clicks, a child of a subdivision):
+    its parent's `childrenIds` already says that, and it gets its document when it is first clicked."""
+    prior, final = outcome.prior, outcome.final
+    changed = (final.triangle_clicks != prior.triangle_clicks) | (final.triangle_state != prior.triangle_state)
+    fresh = (final.triangle_state == TriangleState.ACTIVE) & (final.triangle_clicks == 0)
+    return changed & ~fresh
+
+
+def stored_after(outcome: BatchOutcome) -> np.ndarray:
+    """bool per triangle of the batch: it has a document once the batch is committed."""
+    return _stored(outcome.prior) | triangles_written(outcome)
+
+
+def _stored(prior) -> np.ndarray:
+    if prior.triangle_stored is None:
+        return np.zeros(len(prior.triangle_state), bool)
+    return prior.triangle_stored
 
 
 def subdivisions(outcome: BatchOutcome, triangle_keys: np.ndarray | None = None) -> dict[int, list[str]]:
@@ -147,17 +151,6 @@ def subdivisions(outcome: BatchOutcome, triangle_keys: np.ndarray | None = None)
         return {}
     children = mesh_ids.encode_keys(mesh_keys.child_keys(triangle_keys[subdivided]).reshape(-1)).to_pylist()
     return {i: children[4 * k:4 * k + 4] for k, i in enumerate(subdivided.tolist())}
-
-
-def unnamed_children(outcome: BatchOutcome, children_of: dict[int, list[str]] | None = None) -> list[str]:
-    """Children of the batch's subdivisions that the batch itself did not bring into existence: the
-    commit creates those that have no document yet."""
-    if children_of is None:
-        children_of = subdivisions(outcome)
-    final = outcome.final
-    known = dict(zip(outcome.keys.triangles.to_pylist(), range(len(outcome.keys.triangles))))
-    return [child for ids in children_of.values() for child in ids
-            if child not in known or final.triangle_state[known[child]] == TriangleState.MISSING]
 
 
 def nonce_id(account: str, nonce: str) -> str:

@@ -1,4 +1,7 @@
-"""`stepbatch db migrate`: move a database of the first layout to the current one (`store.layout`).
+"""`stepbatch db migrate`: move a database of an earlier layout to the current one (`store.layout`).
+
+Layout 2 differs from 3 only in the child documents each subdivision wrote, which layout 3 reads as
+they are: moving it is rewriting its version number.
 
 The first layout kept one `triangle_events` document per accepted proof (and per subdivision) and one
 `rejections` document per rejected row. Each committed batch becomes its `verdicts` chunks (the rows
@@ -34,6 +37,9 @@ def migrate(client, db_name: str, progress=None) -> MigrationReport:
     report = MigrationReport()
     meta = db.meta.find_one({"_id": database.LAYOUT_ID})
     if meta is not None and meta.get("version") == layout.LAYOUT_VERSION and not _has_old(db):
+        return report
+    if meta is not None and meta.get("version") == 2 and not _has_old(db):
+        db.meta.update_one({"_id": database.LAYOUT_ID}, {"$set": {"version": layout.LAYOUT_VERSION}})
         return report
     batches = list(db.batches.find({}, {"_id": 1, "rowCount": 1}).sort([("committedAt", 1), ("_id", 1)]))
     subdivided = {(e["triangleId"], e["payload"]["clickNumber"]) for e in db.triangle_events.find(

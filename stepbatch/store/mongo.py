@@ -205,12 +205,9 @@ class MongoStore:
     def stage(self, outcome: BatchOutcome) -> None:
         """Put the batch's effects in the cache ahead of its commit, so the next batch validates
         against the state after it while it commits (see `stepbatch.pipeline`)."""
-        created = self._children_to_insert(layout.unnamed_children(outcome))
         nonces = {doc["_id"] for doc in layout.nonce_documents(outcome)}
         with self._lock:
-            self.cache.apply(outcome)
-            for child in created:
-                self.cache.put_triangle(child, (int(TriangleState.ACTIVE), 0))
+            self._cache_outcome(outcome)
             self._staged[outcome.batch_id] = nonces
 
     def discard_staged(self) -> None:
@@ -229,31 +226,43 @@ class MongoStore:
         seq = outcome.prior.seq
         if seq is None:
             raise StoreError(f"batch {outcome.batch_id} was not validated against this store")
-        plan = layout.plan_commit(outcome, seq + 1, dt.datetime.now(dt.timezone.utc), self._declared())
+        plan = layout.plan_commit(outcome, seq + 1, dt.datetime.now(dt.timezone.utc))
         try:
-            children = self._children_to_insert(plan.children)
-            new = plan.triangle_inserts + (documents.triangle_documents(
-                mesh_ids.decode_ids(children).keys, plan.batch["committedAt"]) if children else [])
-            self._transact(outcome.batch_id, seq, plan, new, also)
+            self._transact(outcome.batch_id, seq, plan, also)
         except BaseException:
             self.discard_staged()
             raise
         self.writes.update(batches=1, nonces=len(plan.nonces), verdict_chunks=len(plan.chunks),
                            account_inserts=len(plan.account_inserts), account_updates=len(plan.account_updates),
-                           triangle_inserts=len(plan.triangle_inserts) + len(children),
-                           triangle_updates=len(plan.triangle_updates))
+                           triangle_inserts=len(plan.triangle_inserts), triangle_updates=len(plan.triangle_updates))
         with self._lock:
             if self._staged.pop(outcome.batch_id, None) is None:
-                self.cache.apply(outcome)
-                for child in children:
-                    self.cache.put_triangle(child, (int(TriangleState.ACTIVE), 0))
+                self._cache_outcome(outcome)
 
-    def _transact(self, batch_id: str, seq: int, plan: layout.CommitPlan, new: list[dict], also) -> None:
+    def _cache_outcome(self, outcome: BatchOutcome) -> None:
+        """The state after the batch into the cache, the children of its subdivisions included: a
+        child that was missing (or that nothing cached) exists now, without a document of its own.
+        A child at a seeded level may have a document, so where the cache does not hold it, it is
+        left to be read."""
+        self.cache.apply(outcome, layout.stored_after(outcome))
+        children = [child for ids in layout.subdivisions(outcome).values() for child in ids]
+        if not children:
+            return
+        if self._seeded is None:
+            self._seeded = database.seeded_levels(self._state_db)
+        fresh = (int(TriangleState.ACTIVE), 0, False)
+        for child, level in zip(children, _levels(mesh_ids.decode_ids(children).keys)):
+            entry = self.cache.triangles.get(child)
+            if (entry is None and level not in self._seeded) or (
+                    entry is not None and entry[0] == TriangleState.MISSING):
+                self.cache.put_triangle(child, fresh)
+
+    def _transact(self, batch_id: str, seq: int, plan: layout.CommitPlan, also) -> None:
         for attempt in range(TRANSIENT_RETRIES):
             try:
                 with self.client.start_session() as session:
                     with session.start_transaction():
-                        self._write(seq, plan, new, session)
+                        self._write(seq, plan, session)
                         if also is not None:
                             also(self.db, session)
                 return
@@ -273,8 +282,8 @@ class MongoStore:
                                           f"writers ({brief(err)})") from err
                 raise StoreError(f"commit of batch {batch_id} failed and was rolled back: {brief(err)}") from err
 
-    def _write(self, seq: int, plan: layout.CommitPlan, new: list[dict], session) -> None:
-        """The batch's writes (`new`: the triangle documents it creates), every one built beforehand."""
+    def _write(self, seq: int, plan: layout.CommitPlan, session) -> None:
+        """The batch's writes, every one built beforehand."""
         db = self.db
         # The sequence number first: a concurrent writer conflicts here, before any other write.
         if not database.advance_seq(db, seq, session):
@@ -285,23 +294,8 @@ class MongoStore:
         _insert(db.verdicts, plan.chunks, session)
         _insert(db.accounts, plan.account_inserts, session)
         _updates(db.accounts, plan.account_updates, "accounts", session)
-        _insert(db.triangles, new, session)
+        _insert(db.triangles, plan.triangle_inserts, session)
         _updates(db.triangles, plan.triangle_updates, "triangles", session)
-
-    def _children_to_insert(self, children: list[str]) -> list[str]:
-        """The children of this batch's subdivisions that have no document yet. Only seeding creates
-        triangles other than by subdivision, and a triangle subdivides once, so a child can exist
-        only where its level was seeded; only those are looked up."""
-        if not children:
-            return []
-        if self._seeded is None:
-            self._seeded = database.seeded_levels(self._state_db)
-        levels = _levels(mesh_ids.decode_ids(children).keys)
-        maybe = [child for child, level in zip(children, levels) if level in self._seeded]
-        if not maybe:
-            return children
-        existing = {doc["_id"] for doc in reads.find_in(self._state_db, "triangles", maybe, {"_id": 1})}
-        return [child for child in children if child not in existing]
 
     # --------------------------------------------------------------------------- lifetime
 
@@ -321,16 +315,14 @@ class MongoStore:
 
 
 def _updates(collection, updates: list, what: str, session) -> None:
-    """Apply ({_id}, update[, upsert]) in bulk. The sequence number guards them (see
+    """Apply ({_id}, update) in bulk. The sequence number guards them (see
     `stepbatch.store.layout`); one that finds no document to update means the document was removed
     since the batch's state was loaded."""
     for start in range(0, len(updates), UPDATE_CHUNK):
         part = updates[start:start + UPDATE_CHUNK]
-        result = collection.bulk_write([UpdateOne(*op[:2], upsert=len(op) > 2 and op[2]) for op in part],
-                                       ordered=False, session=session)
-        done = result.matched_count + result.upserted_count
-        if done != len(part):
-            raise StaleStateError(f"{len(part) - done} of the batch's {what} are gone "
+        result = collection.bulk_write([UpdateOne(*op) for op in part], ordered=False, session=session)
+        if result.matched_count != len(part):
+            raise StaleStateError(f"{len(part) - result.matched_count} of the batch's {what} are gone "
                                   f"since its state was loaded")
 
 

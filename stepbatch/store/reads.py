@@ -8,8 +8,11 @@ is certainly unused (a cache hit is confirmed against the database, see `fill_no
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
+from stepbatch.mesh import ids as mesh_ids
+from stepbatch.mesh import keys as mesh_keys
 from stepbatch.mesh.regions import Regions
 from stepbatch.protocol import TriangleState
 from stepbatch.store import documents, layout
@@ -37,7 +40,7 @@ def _from_cache(lookup, keys: list[str], fill) -> list[int]:
 
 
 def _set_triangle(state: PriorState, i: int, entry: tuple) -> None:
-    state.triangle_state[i], state.triangle_clicks[i] = entry
+    state.triangle_state[i], state.triangle_clicks[i], state.triangle_stored[i] = entry
 
 
 def fill_accounts(db, cache: StateCache, addresses: list[str], state: PriorState) -> None:
@@ -66,22 +69,58 @@ def used_nonces(db, address: str) -> np.ndarray:
 def fill_triangles(db, cache: StateCache, triangle_ids: list[str], state: PriorState,
                    regions: Regions) -> None:
     """Triangle state from the cache, the rest from the database: a triangle without a document is
-    active with no clicks where a declared region covers it, and missing otherwise."""
+    active with no clicks where a declared region covers it or its parent is subdivided, and missing
+    otherwise."""
+    state.triangle_stored = np.zeros(len(triangle_ids), bool)
     missing = _from_cache(cache.triangle, triangle_ids, lambda i, entry: _set_triangle(state, i, entry))
     if not missing:
         return
     found = {doc["_id"]: doc for doc in find_in(
         db, "triangles", [triangle_ids[i] for i in missing], {"state": 1, "clicks": 1})}
-    declared = regions.covers_ids([triangle_ids[i] for i in missing])
-    for i, covered in zip(missing, declared.tolist()):
+    absent = [i for i in missing if triangle_ids[i] not in found]
+    exists = dict(zip(absent, regions.covers_ids([triangle_ids[i] for i in absent]).tolist()))
+    undeclared = [i for i in absent if not exists[i]]
+    exists.update(zip(undeclared, subdivided_parent(db, [triangle_ids[i] for i in undeclared], cache).tolist()))
+    for i in missing:
         doc = found.get(triangle_ids[i])
-        try:
-            entry = ((documents.STATE_BY_NAME[doc["state"]], int(doc.get("clicks", 0))) if doc
-                     else (int(TriangleState.ACTIVE if covered else TriangleState.MISSING), 0))
-        except KeyError as err:
-            raise StoreError(f"triangle {triangle_ids[i]} has an unknown state: {brief(err)}") from err
+        entry = (_stored_entry(triangle_ids[i], doc) if doc
+                 else (int(TriangleState.ACTIVE if exists[i] else TriangleState.MISSING), 0, False))
         cache.put_triangle(triangle_ids[i], entry)
         _set_triangle(state, i, entry)
+
+
+def subdivided_parent(db, triangle_ids: list[str], cache: StateCache | None = None) -> np.ndarray:
+    """bool per triangle: its parent is subdivided, so it exists (active, unclicked) without a document
+    of its own. A subdivided parent has its document; it is read from `cache` where that holds it."""
+    out = np.zeros(len(triangle_ids), bool)
+    if not triangle_ids:
+        return out
+    decoded = mesh_ids.decode_ids(pa.array(triangle_ids, pa.string()))
+    parents = np.where(decoded.valid, mesh_keys.parent_keys(np.where(decoded.valid, decoded.keys, 0)), -1)
+    has_parent = np.flatnonzero(parents >= 0)
+    parent_ids = mesh_ids.encode_keys(parents[has_parent]).to_pylist()
+    states: dict[str, int] = {}
+    unknown = []
+    for parent_id in dict.fromkeys(parent_ids):
+        entry = cache.triangle(parent_id) if cache is not None else None
+        if entry is None:
+            unknown.append(parent_id)
+        else:
+            states[parent_id] = entry[0]
+    for doc in find_in(db, "triangles", unknown, {"state": 1, "clicks": 1}):
+        entry = _stored_entry(doc["_id"], doc)
+        if cache is not None:
+            cache.put_triangle(doc["_id"], entry)
+        states[doc["_id"]] = entry[0]
+    out[has_parent] = [states.get(parent_id) == TriangleState.SUBDIVIDED for parent_id in parent_ids]
+    return out
+
+
+def _stored_entry(triangle_id: str, doc: dict) -> tuple[int, int, bool]:
+    try:
+        return documents.STATE_BY_NAME[doc["state"]], int(doc.get("clicks", 0)), True
+    except KeyError as err:
+        raise StoreError(f"triangle {triangle_id} has an unknown state: {brief(err)}") from err
 
 
 def fill_nonces(db, cache: StateCache, keys: StateKeys, state: PriorState, pending: set[str]) -> None:

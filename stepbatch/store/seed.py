@@ -37,7 +37,7 @@ from stepbatch.store.database import (
     translated_errors,
     write_regions,
 )
-from stepbatch.store.reads import find_in
+from stepbatch.store.reads import find_in, subdivided_parent
 
 INSERT_CHUNK = 5_000
 SIZE_SAMPLE = 256
@@ -156,7 +156,7 @@ def _mean_bson_bytes(level: int, bbox) -> float:
 
 def drop_level(db_or_store, level: int, force: bool = False) -> int:
     """Take `level` out of every declaration and delete its triangle documents; how many documents
-    were deleted.
+    were deleted. Children of subdivided triangles of the level above go on existing, by their parent.
 
     Refuses (StoreError naming how many) when any of its triangles has been clicked, unless `force`:
     their clicks are history that rewards were paid for. Without `force` nothing changes then."""
@@ -179,7 +179,7 @@ def drop_level(db_or_store, level: int, force: bool = False) -> int:
 def triangles_at(db_or_store, lat: float, lon: float) -> list[dict]:
     """The triangles that exist at (lat, lon) in degrees, coarsest level first: at each level the one
     containing the point (SPEC §3's descent), as stored, or as a fresh document where a declaration
-    alone makes it exist."""
+    or a subdivided parent alone makes it exist."""
     lat, lon = float(lat), float(lon)
     if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
         raise ValueError(f"need lat in [-90, 90] and lon in [-180, 180], got ({lat!r}, {lon!r})")
@@ -189,12 +189,16 @@ def triangles_at(db_or_store, lat: float, lon: float) -> list[dict]:
 
 def existing_triangles(db_or_store, triangle_ids: list[str]) -> list[dict]:
     """Documents of the triangles among `triangle_ids` that exist, in the order given: stored ones as
-    they are, declared ones without a document as a fresh document (active, no clicks)."""
+    they are, the declared ones and the children of subdivided triangles that have no document of
+    their own as a fresh document (active, no clicks)."""
     db = _database(db_or_store)
     with translated_errors("looking up triangles"):
         found = {doc["_id"]: doc for doc in find_in(db, "triangles", triangle_ids, None)}
-        absent = [i for i in triangle_ids if i not in found]
-        covered = [i for i, hit in zip(absent, read_regions(db).covers_ids(absent).tolist()) if hit]
+        absent = [i for i in dict.fromkeys(triangle_ids) if i not in found]
+        declared = read_regions(db).covers_ids(absent).tolist()
+        undeclared = [i for i, hit in zip(absent, declared) if not hit]
+        implied = subdivided_parent(db, undeclared).tolist()
+        covered = [i for i, hit in zip(absent, declared) if hit] + [i for i, hit in zip(undeclared, implied) if hit]
     if covered:
         now = dt.datetime.now(dt.timezone.utc)
         found.update((doc["_id"], doc) for doc in documents.triangle_documents(

@@ -41,7 +41,7 @@ def state_digest(db) -> str:
     write times and without an ObjectId `_id` (which only says where and when it was inserted); the
     per-document hashes are sorted, so insertion order does not matter."""
     regions = read_regions(db)
-    sha = hashlib.sha256(b"STEP-STATE-v3\n")
+    sha = hashlib.sha256(b"STEP-STATE-v4\n")
     sha.update(f"regions:{regions.fingerprint()}\n".encode())
     for name in DIGEST_COLLECTIONS:
         docs = db[name].find({})
@@ -55,12 +55,15 @@ def state_digest(db) -> str:
 
 
 def _not_implied(triangles: list[dict], regions: Regions) -> list[dict]:
-    """The triangle documents the declared regions do not already imply: a document of a covered
-    triangle that is still active, unclicked and childless says nothing a declaration does not (it
-    is what `mesh seed --materialize` writes), so it does not count."""
+    """The triangle documents that say more than their existence: a document of a triangle that is
+    still active, unclicked and childless says nothing that a declared region covering it or its
+    subdivided parent does not (it is what `mesh seed --materialize` writes, and what a subdivision
+    wrote for each child before layout 3), so it does not count."""
+    subdivided = {doc["_id"] for doc in triangles if doc.get("state") == "subdivided"}
     pristine = [i for i, doc in enumerate(triangles) if doc.get("state") == "active"
                 and not doc.get("clicks") and not doc.get("childrenIds")]
     implied = {pristine[k] for k in np.flatnonzero(regions.covers_ids([triangles[i]["_id"] for i in pristine]))}
+    implied.update(i for i in pristine if triangles[i].get("parentId") in subdivided)
     return [doc for i, doc in enumerate(triangles) if i not in implied]
 
 
