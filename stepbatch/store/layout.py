@@ -95,8 +95,9 @@ def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime) -> CommitPlan
     children_of = subdivisions(outcome, triangle_keys)
 
     def fields(i: int) -> dict:
-        values = {"clicks": int(final.triangle_clicks[i]), "state": _STATE_NAMES[final.triangle_state[i]],
-                  "updatedAt": now}
+        values = {"clicks": int(final.triangle_clicks[i]), "updatedAt": now}
+        if final.triangle_state[i] != prior.triangle_state[i]:
+            values["state"] = _STATE_NAMES[final.triangle_state[i]]
         if last_click_ms[i] >= 0:
             values["lastClickAt"] = DatetimeMS(int(last_click_ms[i]))
         if i in children_of:
@@ -135,6 +136,7 @@ def stored_after(outcome: BatchOutcome) -> np.ndarray:
 
 
 def _stored(prior) -> np.ndarray:
+    """Which triangles had a document; none, for state read from a store that keeps no documents."""
     if prior.triangle_stored is None:
         return np.zeros(len(prior.triangle_state), bool)
     return prior.triangle_stored

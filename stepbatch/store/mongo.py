@@ -80,8 +80,10 @@ class MongoStore:
             tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_MS))
         self.cache = cache or StateCache()
         self._lock = threading.RLock()
-        # Batches whose outcome is in the cache ahead of their commit → the nonce ids they use.
+        # Batches whose outcome is in the cache ahead of their commit → the nonce ids they use, and
+        # their writes, built while the batch before them commits.
         self._staged: dict[str, set[str]] = {}
+        self._plans: dict[str, tuple[BatchOutcome, layout.CommitPlan]] = {}
         self._seeded: set[int] | None = None
         self._regions: Regions | None = None
         # Documents written by committed batches, per kind: what a commit costs on this server.
@@ -204,16 +206,19 @@ class MongoStore:
 
     def stage(self, outcome: BatchOutcome) -> None:
         """Put the batch's effects in the cache ahead of its commit, so the next batch validates
-        against the state after it while it commits (see `stepbatch.pipeline`)."""
-        nonces = {doc["_id"] for doc in layout.nonce_documents(outcome)}
+        against the state after it while it commits (see `stepbatch.pipeline`), and build its writes
+        meanwhile, so that the database goes from one commit to the next without waiting for them."""
+        plan = self._plan(outcome, dt.datetime.now(dt.timezone.utc))
         with self._lock:
             self._cache_outcome(outcome)
-            self._staged[outcome.batch_id] = nonces
+            self._staged[outcome.batch_id] = {doc["_id"] for doc in plan.nonces}
+            self._plans[outcome.batch_id] = (outcome, plan)
 
     def discard_staged(self) -> None:
         """Forget every staged outcome (and so the cache): their commits will not happen."""
         with self._lock:
             self._staged.clear()
+            self._plans.clear()
             self.cache.clear()
 
     def commit(self, outcome: BatchOutcome, also=None) -> None:
@@ -223,12 +228,14 @@ class MongoStore:
         if not self.transactions:
             raise StoreError(f"cannot commit batch {outcome.batch_id}: the server does not support "
                              f"transactions. {_REPLICA_SET_HOWTO}")
-        seq = outcome.prior.seq
-        if seq is None:
-            raise StoreError(f"batch {outcome.batch_id} was not validated against this store")
-        plan = layout.plan_commit(outcome, seq + 1, dt.datetime.now(dt.timezone.utc))
+        with self._lock:
+            staged, plan = self._plans.pop(outcome.batch_id, (None, None))
+        now = dt.datetime.now(dt.timezone.utc)
+        if staged is not outcome:
+            plan = self._plan(outcome, now)
+        plan.batch["committedAt"] = now
         try:
-            self._transact(outcome.batch_id, seq, plan, also)
+            self._transact(outcome.batch_id, outcome.prior.seq, plan, also)
         except BaseException:
             self.discard_staged()
             raise
@@ -256,6 +263,12 @@ class MongoStore:
             if (entry is None and level not in self._seeded) or (
                     entry is not None and entry[0] == TriangleState.MISSING):
                 self.cache.put_triangle(child, fresh)
+
+    @staticmethod
+    def _plan(outcome: BatchOutcome, now: dt.datetime) -> layout.CommitPlan:
+        if outcome.prior.seq is None:
+            raise StoreError(f"batch {outcome.batch_id} was not validated against this store")
+        return layout.plan_commit(outcome, outcome.prior.seq + 1, now)
 
     def _transact(self, batch_id: str, seq: int, plan: layout.CommitPlan, also) -> None:
         for attempt in range(TRANSIENT_RETRIES):
