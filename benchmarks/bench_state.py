@@ -129,9 +129,8 @@ def main() -> None:
         data_dir = tempfile.mkdtemp(prefix="stepbatch-bench-state-")
         server, uri = serve_database(data_dir)
     try:
-        with MongoStore(uri, "bench_state", config=config) as store:
-            store.client.drop_database("bench_state")
-        with MongoStore(uri, "bench_state", config=config) as store, Validator(store, config) as validator:
+        with MongoStore(uri, "bench_state", config=config, recreate=True) as store, \
+                Validator(store, config) as validator:
             store.declare(IdRegion.of_ids([*traffic.triangles, *(t for probe in probes for t in probe.triangles)]))
             probe_rates = []
             if probes:

@@ -239,3 +239,15 @@ def test_a_layout_2_database_is_migrated_by_its_version_and_holds_the_same_state
     assert outcomes[0] == outcomes[1]
     with pymongo.MongoClient(mongo_uri) as client:
         client.drop_database(names[1])
+
+
+def test_recreate_starts_over_whatever_layout_the_database_had(mongo_uri, mongo_db_name):
+    from stepbatch.store.database import LAYOUT_ID
+
+    with pymongo.MongoClient(mongo_uri) as client:
+        client[mongo_db_name].meta.insert_one({"_id": LAYOUT_ID, "version": 1})
+    with pytest.raises(LayoutError):
+        MongoStore(mongo_uri, mongo_db_name, config=CONFIG)
+    with MongoStore(mongo_uri, mongo_db_name, config=CONFIG, recreate=True) as store:
+        assert store.db.meta.find_one({"_id": LAYOUT_ID})["version"] == 3
+        assert store.accepted_count() == 0

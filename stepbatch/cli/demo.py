@@ -34,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     from stepbatch.cli.gen import write_traffic
     from stepbatch.config import Config
     from stepbatch.mesh.regions import IdRegion
-    from stepbatch.store.database import ensure_schema
     from stepbatch.store.mongo import MongoStore
     from stepbatch.tools import gen
     from stepbatch.tools.replay import ProgressBar, print_summary, replay
@@ -50,10 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     say(f"1/4 database: {'MONGODB_URI' if config.mongodb_uri else 'embedded SecantusDB'}, "
         f"database {config.db_name} (recreated)")
-    store = MongoStore(config.mongodb_uri, config.db_name, config=config)
+    store = MongoStore(config.mongodb_uri, config.db_name, config=config, recreate=True)
     try:
-        store.client.drop_database(config.db_name)
-        ensure_schema(store.db)
         clock = time.perf_counter()
         traffic = gen.generate(walkers=args.walkers, proofs=args.proofs, seed=args.seed)
         write_traffic(traffic, str(traffic_path), "parquet")

@@ -20,9 +20,9 @@ and an update ~250-400 µs, while one document holding thousands of rows as colu
 - A triangle gets its document when it is first changed, and that write is an insert: a declared
   triangle (SPEC §5) and the child of a subdivided triangle exist without one, active and unclicked,
   the child by its parent's `subdivided` state and `childrenIds` (a subdivision declares its four
-  children). Four child documents written at each subdivision and an update at each child's first
-  click would cost ~1.5 ms; the insert at the first click costs ~60 µs. The store knows, per
-  triangle, whether it has a document (`PriorState.triangle_stored`).
+  children). Four inserts at each subdivision and an update at each child's first click become one
+  insert at the first click of each child that is clicked. The store knows, per triangle, whether
+  it has a document (`PriorState.triangle_stored`). `benchmarks/bench_updates.py` measures the forms.
 - `batches`: one document per batch; `meta`: the layout version and the commit sequence number.
 
 Everything is built here, outside the transaction, so the transaction itself is only round trips.

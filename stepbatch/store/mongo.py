@@ -50,10 +50,11 @@ _REPLICA_SET_HOWTO = (
 class MongoStore:
     """State in MongoDB. `uri=None` → `$MONGODB_URI` → else the embedded SecantusDB server, which the
     store then owns and stops on `close()`. `db` is the database name (SPEC §5: `step`);
-    `client_options` go to the `MongoClient` (pool sizes, event listeners)."""
+    `client_options` go to the `MongoClient` (pool sizes, event listeners); `recreate` drops the
+    database first, whatever layout it had (the demo's and the benchmarks')."""
 
     def __init__(self, uri: str | None = None, db: str = "step", config: Config | None = None,
-                 cache: StateCache | None = None, client_options: dict | None = None):
+                 cache: StateCache | None = None, client_options: dict | None = None, recreate: bool = False):
         self.config = config or Config.from_env()
         uri = uri or os.environ.get("MONGODB_URI") or self.config.mongodb_uri
         self.server: EmbeddedServer | None = None
@@ -65,6 +66,8 @@ class MongoStore:
                 uri, appname="stepbatch", retryWrites=True, serverSelectionTimeoutMS=15_000,
                 connectTimeoutMS=10_000, tz_aware=True, **(client_options or {}))
             hello = self.client.admin.command("hello")
+            if recreate:
+                self.client.drop_database(db)
         except PyMongoError as err:
             self.close()
             raise StoreError(f"cannot reach MongoDB at {database.redacted(uri)}: {brief(err)}") from err
