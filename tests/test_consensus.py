@@ -280,20 +280,26 @@ def faulty_net(tmp_path_factory):
         localnet("down", "--dir", str(directory), check=False)
 
 
+PREVOTE_STEP, COMMIT_STEP = 4, 8  # CometBFT's RoundStepPrevote and RoundStepCommit
+
+
 def _stuck(url: str, live: int) -> int | None:
-    """The last committed height, once the node shows that the next one cannot be committed: it waits
-    with the prevotes of only the `live` validators in (fewer than 2/3 of the voting power), or it has
-    gone through two rounds without a commit (a faulty validator that is still connected prevotes nil,
-    so rounds time out one after another)."""
+    """The last committed height, once the node shows that the next one cannot be committed: it has
+    prevoted and sees no more prevotes or precommits than the `live` validators can give (fewer than
+    2/3 of the voting power; a live one's vote may not have reached it yet), or it has gone through
+    two rounds without a commit (a faulty validator that is still connected prevotes nil, so rounds
+    time out one after another)."""
     state = rpc.call(url, "consensus_state")["round_state"]
-    height, round_, _step = (int(v) for v in state["height/round/step"].split("/"))
+    height, round_, step = (int(v) for v in state["height/round/step"].split("/"))
     if round_ >= 2:
         return height - 1
     votes = next((v for v in state["height_vote_set"] if int(v["round"]) == round_), None)
-    if votes is None:
+    if votes is None or not PREVOTE_STEP <= step < COMMIT_STEP:
         return None
-    bits = re.search(r"\{\d+:([x_]+)\}", votes["prevotes_bit_array"])[1]
-    return height - 1 if bits.count("x") == live and live * 3 <= 2 * len(bits) else None
+    prevotes, precommits = (re.search(r"\{\d+:([x_]+)\}", votes[kind])[1]
+                            for kind in ("prevotes_bit_array", "precommits_bit_array"))
+    few = 0 < prevotes.count("x") <= live and precommits.count("x") <= live
+    return height - 1 if few and live * 3 <= 2 * len(prevotes) else None
 
 
 def test_a_faulty_validator_stops_alone_and_two_down_halt_the_chain(faulty_net):
