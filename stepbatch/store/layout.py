@@ -78,6 +78,10 @@ class CommitPlan:
     account_updates: list[tuple[dict, dict]]  # ({_id}, $set)
     triangle_inserts: list[dict]  # triangles first changed by this batch, which had no document
     triangle_updates: list[tuple[dict, dict]]  # ({_id}, $set)
+    # For the cache: per triangle of the batch, whether it has a document after the batch; and the
+    # children of the triangles the batch subdivided.
+    triangle_stored: np.ndarray
+    children: list[str]
 
 
 def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime) -> CommitPlan:
@@ -106,8 +110,7 @@ def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime) -> CommitPlan
 
     written = triangles_written(outcome)
     stored = _stored(prior)
-    inserted, updated = written & ~stored, written & stored
-    created = np.flatnonzero(inserted)
+    created = np.flatnonzero(written & ~stored)
     account_inserts, account_updates = _account_writes(outcome, now)
     return CommitPlan(
         batch=_batch_document(outcome, seq, now),
@@ -116,7 +119,10 @@ def plan_commit(outcome: BatchOutcome, seq: int, now: dt.datetime) -> CommitPlan
         account_inserts=account_inserts, account_updates=account_updates,
         triangle_inserts=[{**document, **fields(i)} for i, document in
                           zip(created.tolist(), triangle_documents(triangle_keys[created], now))],
-        triangle_updates=[({"_id": triangle_ids[i]}, {"$set": fields(i)}) for i in np.flatnonzero(updated).tolist()],
+        triangle_updates=[({"_id": triangle_ids[i]}, {"$set": fields(i)})
+                          for i in np.flatnonzero(written & stored).tolist()],
+        triangle_stored=stored | written,
+        children=[child for ids in children_of.values() for child in ids],
     )
 
 

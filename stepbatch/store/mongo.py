@@ -213,7 +213,7 @@ class MongoStore:
         meanwhile, so that the database goes from one commit to the next without waiting for them."""
         plan = self._plan(outcome, dt.datetime.now(dt.timezone.utc))
         with self._lock:
-            self._cache_outcome(outcome)
+            self._cache_outcome(outcome, plan)
             self._staged[outcome.batch_id] = {doc["_id"] for doc in plan.nonces}
             self._plans[outcome.batch_id] = (outcome, plan)
 
@@ -247,15 +247,15 @@ class MongoStore:
                            triangle_inserts=len(plan.triangle_inserts), triangle_updates=len(plan.triangle_updates))
         with self._lock:
             if self._staged.pop(outcome.batch_id, None) is None:
-                self._cache_outcome(outcome)
+                self._cache_outcome(outcome, plan)
 
-    def _cache_outcome(self, outcome: BatchOutcome) -> None:
+    def _cache_outcome(self, outcome: BatchOutcome, plan: layout.CommitPlan) -> None:
         """The state after the batch into the cache, the children of its subdivisions included: a
         child that was missing (or that nothing cached) exists now, without a document of its own.
         A child at a seeded level may have a document, so where the cache does not hold it, it is
         left to be read."""
-        self.cache.apply(outcome, layout.stored_after(outcome))
-        children = [child for ids in layout.subdivisions(outcome).values() for child in ids]
+        self.cache.apply(outcome, plan.triangle_stored)
+        children = plan.children
         if not children:
             return
         if self._seeded is None:

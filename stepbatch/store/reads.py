@@ -78,9 +78,8 @@ def fill_triangles(db, cache: StateCache, triangle_ids: list[str], state: PriorS
     found = {doc["_id"]: doc for doc in find_in(
         db, "triangles", [triangle_ids[i] for i in missing], {"state": 1, "clicks": 1})}
     absent = [i for i in missing if triangle_ids[i] not in found]
-    exists = dict(zip(absent, regions.covers_ids([triangle_ids[i] for i in absent]).tolist()))
-    undeclared = [i for i in absent if not exists[i]]
-    exists.update(zip(undeclared, subdivided_parent(db, [triangle_ids[i] for i in undeclared], cache).tolist()))
+    exists = dict(zip(absent, exist_without_document(db, [triangle_ids[i] for i in absent], regions,
+                                                     cache).tolist()))
     for i in missing:
         doc = found.get(triangle_ids[i])
         entry = (_stored_entry(triangle_ids[i], doc) if doc
@@ -89,9 +88,19 @@ def fill_triangles(db, cache: StateCache, triangle_ids: list[str], state: PriorS
         _set_triangle(state, i, entry)
 
 
-def subdivided_parent(db, triangle_ids: list[str], cache: StateCache | None = None) -> np.ndarray:
-    """bool per triangle: its parent is subdivided, so it exists (active, unclicked) without a document
-    of its own. A subdivided parent has its document; it is read from `cache` where that holds it."""
+def exist_without_document(db, triangle_ids: list[str], regions: Regions,
+                           cache: StateCache | None = None) -> np.ndarray:
+    """bool per triangle that has no document: it exists all the same (active, unclicked), because a
+    declared region covers it or its parent is subdivided."""
+    exists = regions.covers_ids(triangle_ids)
+    undeclared = np.flatnonzero(~exists)
+    exists[undeclared] = _subdivided_parent(db, [triangle_ids[i] for i in undeclared], cache)
+    return exists
+
+
+def _subdivided_parent(db, triangle_ids: list[str], cache: StateCache | None) -> np.ndarray:
+    """bool per triangle: its parent is subdivided. A subdivided parent has its document; it is read
+    from `cache` where that holds it."""
     out = np.zeros(len(triangle_ids), bool)
     if not triangle_ids:
         return out

@@ -37,7 +37,7 @@ from stepbatch.store.database import (
     translated_errors,
     write_regions,
 )
-from stepbatch.store.reads import find_in, subdivided_parent
+from stepbatch.store.reads import exist_without_document, find_in
 
 INSERT_CHUNK = 5_000
 SIZE_SAMPLE = 256
@@ -195,10 +195,8 @@ def existing_triangles(db_or_store, triangle_ids: list[str]) -> list[dict]:
     with translated_errors("looking up triangles"):
         found = {doc["_id"]: doc for doc in find_in(db, "triangles", triangle_ids, None)}
         absent = [i for i in dict.fromkeys(triangle_ids) if i not in found]
-        declared = read_regions(db).covers_ids(absent).tolist()
-        undeclared = [i for i, hit in zip(absent, declared) if not hit]
-        implied = subdivided_parent(db, undeclared).tolist()
-        covered = [i for i, hit in zip(absent, declared) if hit] + [i for i, hit in zip(undeclared, implied) if hit]
+        covered = [i for i, hit in zip(absent, exist_without_document(db, absent, read_regions(db)).tolist())
+                   if hit]
     if covered:
         now = dt.datetime.now(dt.timezone.utc)
         found.update((doc["_id"], doc) for doc in documents.triangle_documents(
