@@ -200,20 +200,52 @@ def decode_value(raw: bytes):
 def too_deep(raw: bytes) -> bool:
     """Whether the JSON text nests arrays and objects deeper than MAX_DEPTH. Checked before decoding:
     Python's decoder recurses on the C stack, which a deep enough text overflows (a crash, not an
-    error) wherever the interpreter's recursion limit has been raised."""
+    error) wherever the interpreter's recursion limit has been raised, and pyarrow's JSON reader
+    crashes the process on a deep enough text whatever the limit."""
     if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
         return False
-    data = np.frombuffer(raw, np.uint8)
-    positions = np.arange(len(data))
-    backslash = data == 92
-    # A quote is escaped when an odd run of backslashes stands right before it.
-    last_plain = np.maximum.accumulate(np.where(backslash, -1, positions))
-    run_before = positions - 1 - np.concatenate(([-1], last_plain[:-1]))
-    quote = (data == 34) & (run_before % 2 == 0)
-    in_string = (np.cumsum(quote) - quote) % 2 == 1
-    opens = ((data == 91) | (data == 123)) & ~in_string
-    closes = ((data == 93) | (data == 125)) & ~in_string
-    return int(np.max(np.cumsum(opens.astype(np.int64) - closes))) > MAX_DEPTH
+    return json_shape(raw).depth > MAX_DEPTH
+
+
+class Shape(NamedTuple):
+    depth: int  # deepest nesting of arrays and objects outside strings
+    top_items: int  # values in a top-level array (commas at depth 1, plus one), 0 otherwise
+
+
+SCAN_BYTES = 1 << 18  # bytes scanned at a time: the scan's memory is ~40 times this, whatever the text
+
+
+def json_shape(raw: bytes) -> Shape:
+    """How deep a JSON text nests and how many values its top-level array holds, in one pass over
+    its bytes and bounded memory, before any parser sees it. Strings (with escaped quotes) are
+    skipped; the text need not be valid JSON."""
+    in_string, backslashes, depth, deepest, commas = False, 0, 0, 0, 0
+    for first in range(0, len(raw), SCAN_BYTES):
+        data = np.frombuffer(raw, np.uint8, min(SCAN_BYTES, len(raw) - first), first)
+        positions = np.arange(len(data))
+        backslash = data == 92
+        # A quote is escaped when an odd run of backslashes stands right before it, a run that may
+        # have begun in the block before.
+        last_plain = np.maximum.accumulate(np.where(backslash, -1 - backslashes, positions))
+        run_before = positions - 1 - np.concatenate(([-1 - backslashes], last_plain[:-1]))
+        quote = (data == 34) & (run_before % 2 == 0)
+        quotes = np.cumsum(quote)
+        inside = (quotes - quote + in_string) % 2 == 1
+        opens = ((data == 91) | (data == 123)) & ~inside
+        closes = ((data == 93) | (data == 125)) & ~inside
+        level = depth + np.cumsum(opens.astype(np.int64) - closes)
+        if len(level):
+            deepest = max(deepest, int(level.max()))
+            commas += int(np.count_nonzero((data == 44) & ~inside & (level == 1)))
+            depth = int(level[-1])
+            in_string = bool((quotes[-1] + in_string) % 2)
+            backslashes = len(data) - 1 - int(last_plain[-1]) if last_plain[-1] >= 0 else \
+                backslashes + len(data)
+    text = raw.lstrip(b"\xef\xbb\xbf \t\r\n")
+    items = 0
+    if text.startswith(b"["):
+        items = commas + (0 if text[1:].lstrip(b" \t\r\n").startswith(b"]") else 1)
+    return Shape(deepest, items)
 
 
 def has_surrogate(value) -> bool:
