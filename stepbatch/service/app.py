@@ -31,7 +31,7 @@ from stepbatch.mesh import keys as mesh_keys
 from stepbatch.mesh.ids import key_of
 from stepbatch.protocol import Code
 from stepbatch.schema import PROOF_COLUMNS, VERDICT_SCHEMA
-from stepbatch.service import reads
+from stepbatch.service import reads, web
 from stepbatch.service.batcher import LiveBatcher, Overloaded, ShuttingDown
 from stepbatch.service.limits import TokenBuckets, retry_after
 from stepbatch.service.metrics import ServiceMetrics
@@ -90,7 +90,7 @@ def create_app(validator: Validator, options: ServiceOptions | None = None) -> S
     app = Starlette(routes=[
         Route("/proof/submit", submit, methods=["POST"]), Route("/proofs", submit_many, methods=["POST"]),
         Route("/proof/config", proof_config), Route("/health", health), Route("/ready", ready),
-        Route("/metrics", metrics), *reads.ROUTES,
+        Route("/metrics", metrics), *reads.ROUTES, *web.ROUTES,
     ], lifespan=lifespan, exception_handlers={Exception: _internal_error})
     app.state.service = service
     return app
