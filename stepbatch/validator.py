@@ -51,17 +51,19 @@ class Validator:
     """Validates proof batches against a store; holds the signature thread pool for its lifetime.
 
     `store` defaults to `MongoStore()` (MONGODB_URI, else the embedded server); pass a `MemoryStore`
-    to validate without a database. A store passed in stays the caller's to close.
+    to validate without a database. A store passed in stays the caller's to close. A `memo` (a
+    `crypto.recovery.RecoveryMemo`) spares recovering a signature this validator recovered before.
     """
 
-    def __init__(self, store: Store | None = None, config: Config | None = None):
+    def __init__(self, store: Store | None = None, config: Config | None = None,
+                 memo: recovery.RecoveryMemo | None = None):
         self.config = config or Config.from_env()
         self._owns_store = store is None
         if store is None:
             from stepbatch.store.mongo import MongoStore
             store = MongoStore(self.config.mongodb_uri, self.config.db_name, config=self.config)
         self.store = store
-        self._recoverer = recovery.SignatureRecoverer(self.config.threads)
+        self._recoverer = recovery.SignatureRecoverer(self.config.threads, memo)
 
     def validate(self, batch, batch_id: str | None = None, batch_time=None,
                  stateless: StatelessResult | None = None) -> BatchResult:

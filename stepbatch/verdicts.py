@@ -137,6 +137,30 @@ def counts_by_code(code: np.ndarray) -> dict[str, int]:
     return {CODE_NAMES[i]: int(c) for i, c in enumerate(counts) if c}
 
 
+def balances_after(verdicts: pa.Table, outcome) -> np.ndarray:
+    """Per row, the account's balance in micro-STEP right after that row (-1 for a rejected row):
+    its balance before the batch plus the rewards of its accepted rows up to that one."""
+    n = verdicts.num_rows
+    out = np.full(n, -1, np.int64)
+    if outcome is None or n == 0:
+        return out
+    codes = verdicts.column("code").to_numpy(zero_copy_only=False)
+    accepted = np.flatnonzero(codes == Code.ACCEPTED.name)
+    if not len(accepted):
+        return out
+    account = outcome.row_account[accepted]
+    reward = verdicts.column("reward_micro").to_numpy()[accepted]
+    order = np.argsort(account, kind="stable")
+    running = np.cumsum(reward[order])
+    starts = np.flatnonzero(np.r_[True, account[order][1:] != account[order][:-1]])
+    group_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    before = np.r_[0, running][group_start]
+    cumulative = np.empty(len(order), np.int64)
+    cumulative[order] = running - before
+    out[accepted] = outcome.prior.account_balance_micro[account] + cumulative
+    return out
+
+
 def verdict_digest(batch_id: str, verdicts: pa.Table) -> str:
     """SHA-256 of `STEP-BATCH-VERDICTS-v1:{batch_id}:{n}\\n` and one `{index}:{code}:{reward}:{click}\\n` a row."""
     n = verdicts.num_rows

@@ -2,23 +2,24 @@
 
 Every method that decides a verdict uses only the block (its transactions, height and header time),
 the committed state and the chain's genesis gates: no wall clock, no randomness, nothing that depends
-on threads or CPU features (the kernels never use fast-math). `CheckTx` alone is local: it admits a
-transaction to this node's mempool by checks 1-6 against committed state at the wall-clock time.
+on threads or CPU features (the kernels never use fast-math). `CheckTx` alone is local
+(`stepbatch.abci.mempool`); `Query` reads committed state (`stepbatch.abci.queries`). The three have
+locks of their own, so a slow query or a long mempool re-check never holds a block back.
 
 The database holds, besides the state of SPEC §5, one `meta` document `chain`: chain id, the genesis
-app_state's canonical text and app hash, and the last committed `{height, appHash}`, written in the
-same transaction as the block's batch. `Info` answers from it, so a restarted app is caught up by
-CometBFT's handshake replaying the blocks it lacks.
+app_state's canonical text and app hash, the initial height and the last committed `{height,
+appHash}`, written in the same transaction as the block's batch. `Info` answers from the database,
+so a restarted app is caught up by CometBFT's handshake. Whatever leaves this process unsure of what
+is durable (a Commit that failed, however; a FinalizeBlock for a height that is not the next) ends
+the process: CometBFT's handshake then starts again from what the database holds, which is the one
+state a node may go on from.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import datetime as dt
-import hashlib
+import importlib.metadata
 import itertools
-import json
 import logging
 import os
 import signal
@@ -27,32 +28,50 @@ import time
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from stepbatch.abci import genesis as chain_genesis
-from stepbatch.abci import protos
+from stepbatch.abci import protos, queries, transactions
+from stepbatch.abci.mempool import Mempool
 from stepbatch.config import Config
-from stepbatch.ingest.sources import read_proofs
+from stepbatch.crypto.recovery import RecoveryMemo
 from stepbatch.protocol import Code
 from stepbatch.store.base import StaleStateError
-from stepbatch.store.database import read_regions, write_regions
+from stepbatch.store.database import LAYOUT_ID, OLD_COLLECTIONS, SEQ_ID, write_regions
 from stepbatch.store.mongo import MongoStore
-from stepbatch.store.reads import find_in
-from stepbatch.store.seed import existing_triangles
+from stepbatch.store.statedigest import written_state_digest
 from stepbatch.validator import BatchResult, Validator
+from stepbatch.verdicts import balances_after
 
 log = logging.getLogger("stepbatch.abci")
 CHAIN_ID = "chain"
 APP_VERSION = 1
-ADMITTED_KEPT = 200_000  # admitted transactions remembered for re-checks (a mempool holds 5,000 by default)
-# Checks that a proposer may drop a transaction for: they fail the same way in any block, at any time.
-_NEVER_ACCEPTED = {Code.INVALID_PAYLOAD, Code.UNSUPPORTED_VERSION, Code.LOW_GPS_ACCURACY, Code.BAD_SIGNATURE}
-# What CheckTx refuses (checks 1-6 of SPEC §4) and says about it.
-_ADMISSION_MESSAGES = {
-    Code.INVALID_PAYLOAD: "the proof breaks a field rule", Code.UNSUPPORTED_VERSION: "unsupported proof version",
-    Code.LOW_GPS_ACCURACY: "GPS accuracy outside the allowed range", Code.CLOCK_DRIFT: "timestamp too far from now",
-    Code.BAD_SIGNATURE: "the signature does not recover to the account",
-    Code.NONCE_REPLAY: "nonce already used by an accepted proof of this account"}
+MEMO_ENTRIES = 500_000  # recovered signatures remembered (~200 bytes each)
+# Checks a proposer may drop a transaction for: they fail the same way in any block, at any time.
+NEVER_ACCEPTED = np.array([Code.INVALID_PAYLOAD, Code.UNSUPPORTED_VERSION, Code.LOW_GPS_ACCURACY,
+                           Code.BAD_SIGNATURE], np.uint8)
+STATE_COLLECTIONS = ("triangles", "accounts", "nonces", "verdicts", "batches", "regions", *OLD_COLLECTIONS)
+PROPOSALS_KEPT = 16  # proposals whose stateless stage waits for their FinalizeBlock
+FAILPOINTS = ("crash-before-commit", "lose-commit-ack")
+
+
+class FatalError(RuntimeError):
+    """The app cannot go on from what it holds in memory (see the module docstring)."""
+
+
+def end_process(message: str) -> None:
+    """What a fatal error does in `stepbatch abci`: say why, then end the process at once."""
+    log.critical("%s; ending this app so that CometBFT's handshake starts again from the database", message)
+    logging.shutdown()
+    os._exit(70)
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("stepbatch")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 @dataclasses.dataclass
@@ -62,44 +81,42 @@ class _Pending:
     app_hash: bytes
 
 
+@dataclasses.dataclass
+class _Proposal:
+    block_ms: int
+    decoded: transactions.Decoded
+    stateless: object
+    spent_ms: float
+
+
 def _ms(timestamp) -> int:
     return timestamp.seconds * 1000 + timestamp.nanos // 1_000_000
 
 
-def transaction_rows(txs) -> list:
-    """One `read_proofs` row per transaction: its JSON value without `received_at` (not consensus
-    data), or, for bytes that are not JSON, their text, which becomes an INVALID_PAYLOAD row."""
-    rows = []
-    for tx in txs:
-        try:
-            value = orjson.loads(tx)
-        except orjson.JSONDecodeError:
-            value = bytes(tx).decode("utf-8", "replace")
-        if isinstance(value, dict):
-            value.pop("received_at", None)
-        rows.append(value)
-    return rows
-
-
 class StepApplication:
     def __init__(self, store: MongoStore, local: Config, faulty_speed_limit: float | None = None,
-                 crash_before_commit: int | None = None):
+                 failpoints: dict[str, int] | None = None, memo_entries: int = MEMO_ENTRIES,
+                 on_fatal=end_process):
         self.t = protos.load()
         self.store = store
         self.local = local
         self.faulty_speed_limit = faulty_speed_limit
-        self.crash_before_commit = crash_before_commit
-        self.lock = threading.RLock()
+        self.failpoints = dict(failpoints or {})
+        self.on_fatal = on_fatal
+        self.memo = RecoveryMemo(memo_entries)
+        self.version = package_version()
+        self.lock = threading.Lock()  # the consensus connection's state: engine, pending block, proposals
+        self.mempool = Mempool(self)
         self.validator: Validator | None = None
-        self.chain: dict | None = store.db.meta.find_one({"_id": CHAIN_ID})
         self._pending: _Pending | None = None
-        # block hash → (block time ms, stateless result, ms it took), from ProcessProposal for FinalizeBlock
-        self._proposals: dict[bytes, tuple[int, object, float]] = {}
+        self._proposals: dict[bytes, _Proposal] = {}
         self._last_commit_ms = 0.0
-        # tx hash → (nonce _id, proof time ms) of the transactions CheckTx admitted, for re-checks
-        self._admitted: collections.OrderedDict[bytes, tuple[str, int]] = collections.OrderedDict()
+        self.chain: dict | None = self._read_chain()
         if self.chain is not None:
             self._start_engine(self.chain["gates"])
+
+    def _read_chain(self) -> dict | None:
+        return self.store.db.meta.find_one({"_id": CHAIN_ID})
 
     def _start_engine(self, gates: dict) -> None:
         config = dataclasses.replace(self.local, **gates)
@@ -107,7 +124,7 @@ class StepApplication:
             config = dataclasses.replace(config, speed_limit_mps=self.faulty_speed_limit)
         if self.validator is not None:
             self.validator.close()
-        self.validator = Validator(self.store, config)
+        self.validator = Validator(self.store, config, memo=self.memo)
 
     @property
     def height(self) -> int:
@@ -117,6 +134,10 @@ class StepApplication:
     def app_hash(self) -> bytes:
         return bytes.fromhex(self.chain["appHash"]) if self.chain else b""
 
+    def _fatal(self, message: str):
+        self.on_fatal(message)
+        raise FatalError(message)
+
     def close(self) -> None:
         if self.validator is not None:
             self.validator.close()
@@ -124,26 +145,33 @@ class StepApplication:
     # ---------------------------------------------------------------------------- handshake
 
     def info(self, request):
+        chain = self._read_chain()
         with self.lock:
-            return self.t.ResponseInfo(data="stepbatch", version=protos.COMETBFT_VERSION, app_version=APP_VERSION,
-                                       last_block_height=self.height, last_block_app_hash=self.app_hash)
+            self.chain = chain
+        return self.t.ResponseInfo(data="stepbatch", version=self.version, app_version=APP_VERSION,
+                                   last_block_height=self.height, last_block_app_hash=self.app_hash)
 
     def init_chain(self, request):
         genesis = chain_genesis.parse(request.app_state_bytes)
         with self.lock:
-            if self.chain is not None:
-                if self.chain["appState"] != genesis.canonical or self.chain["chainId"] != request.chain_id:
+            chain = self._read_chain()
+            if chain is not None:
+                if chain["appState"] != genesis.canonical or chain["chainId"] != request.chain_id:
                     raise chain_genesis.GenesisError(
-                        f"this validator's database holds chain {self.chain['chainId']} with another genesis "
-                        f"app_state; refusing {request.chain_id} (use another --db)")
-                return self.t.ResponseInitChain(app_hash=bytes.fromhex(self.chain["genesisHash"]))
+                        f"this validator's database {self.store.db.name} holds chain {chain['chainId']} with "
+                        f"another genesis app_state; refusing {request.chain_id} (use another --db)")
+                self.chain = chain
+                return self.t.ResponseInitChain(app_hash=bytes.fromhex(chain["genesisHash"]))
+            held = self._state_held()
+            if held:
+                raise chain_genesis.GenesisError(
+                    f"database {self.store.db.name} already holds {held}: a validator's database belongs to its "
+                    f"chain alone, so InitChain of {request.chain_id} starts only on an empty one (--db NAME)")
+            write_regions(self.store.db, genesis.regions)
             app_hash = genesis.app_hash
-            regions = read_regions(self.store.db)
-            for region in genesis.regions:
-                regions = regions.plus(region)
-            write_regions(self.store.db, regions)
             chain = {"_id": CHAIN_ID, "chainId": request.chain_id, "appState": genesis.canonical,
-                     "gates": genesis.gates, "genesisHash": app_hash.hex(), "height": 0, "appHash": app_hash.hex()}
+                     "gates": genesis.gates, "genesisHash": app_hash.hex(),
+                     "initialHeight": max(int(request.initial_height), 1), "height": 0, "appHash": app_hash.hex()}
             self.store.db.meta.insert_one(chain)
             self.chain = chain
             self._start_engine(genesis.gates)
@@ -151,146 +179,98 @@ class StepApplication:
                      len(genesis.regions.regions), app_hash.hex())
             return self.t.ResponseInitChain(app_hash=app_hash)
 
+    def _state_held(self) -> str | None:
+        """What state of any kind the database holds, in words, or None when it holds none."""
+        db = self.store.db
+        for name in STATE_COLLECTIONS:
+            if db[name].find_one({}, {"_id": 1}) is not None:
+                return f"documents in {name}"
+        other = db.meta.find_one({"_id": {"$nin": [SEQ_ID, LAYOUT_ID]}}, {"_id": 1})
+        return f"the meta document {other['_id']!r}" if other is not None else None
+
     # ------------------------------------------------------------------------------ mempool
 
     def check_tx(self, request):
         return self.check_tx_many([request])[0]
 
     def check_tx_many(self, requests) -> list:
-        """Mempool admission of several transactions at once (in order, as one batch against committed
-        state at the wall-clock time): checks 1-6 of SPEC §4; code 0 admits.
-
-        A re-check (CometBFT re-checks its mempool after every block) of a transaction this app admitted
-        re-runs only what can have changed since: the clock drift against now and whether a committed
-        block used its nonce meanwhile."""
-        now = dt.datetime.now(dt.timezone.utc)
-        hashes = [hashlib.sha256(r.tx).digest() for r in requests]
-        recheck = [i for i, r in enumerate(requests) if r.type == self.t.RECHECK and hashes[i] in self._admitted]
-        fresh = sorted(set(range(len(requests))) - set(recheck))
-        answers: list = [None] * len(requests)
-        with self.lock:
-            if self.validator is None:
-                return [self.t.ResponseCheckTx(code=int(Code.INVALID_PAYLOAD), log="the chain is not initialised")
-                        for _ in requests]
-            if recheck:
-                for i, answer in zip(recheck, self._recheck([hashes[i] for i in recheck], now)):
-                    answers[i] = answer
-            if fresh:
-                for i, answer in zip(fresh, self._admit([requests[i].tx for i in fresh], [hashes[i] for i in fresh],
-                                                        now)):
-                    answers[i] = answer
-        return answers
-
-    def _admit(self, txs: list[bytes], hashes: list[bytes], now: dt.datetime) -> list:
-        """Checks 1-5 (the stateless stage, on all cores) and 6 (the nonce, against committed state and
-        the transactions before it in this call) of new transactions."""
-        proofs = read_proofs(transaction_rows(txs))
-        stateless = self.validator.stateless(proofs, now)
-        # The `nonces` _id of each row (layout.nonce_id over the columns): account lower-cased, ':', nonce.
-        nonce_ids = pc.binary_join_element_wise(pc.utf8_lower(proofs.column("account")), proofs.column("nonce"),
-                                                ":").to_pylist()
-        passed = np.flatnonzero(stateless.code == 0)
-        used = {doc["_id"] for doc in find_in(self.store.db, "nonces", [nonce_ids[k] for k in passed], {"_id": 1})}
-        errors, times = proofs.column("payload_error").to_pylist(), proofs.column("ts_ms").to_pylist()
-        answers = []
-        for k in range(len(txs)):
-            code = Code(int(stateless.code[k]))
-            if code == Code.ACCEPTED and nonce_ids[k] in used:
-                code = Code.NONCE_REPLAY
-            if code != Code.ACCEPTED:
-                answers.append(self.t.ResponseCheckTx(code=int(code), codespace="stepbatch",
-                                                      log=errors[k] or _ADMISSION_MESSAGES[code]))
-                continue
-            used.add(nonce_ids[k])
-            answers.append(self.t.ResponseCheckTx(code=0))
-            self._admitted[hashes[k]] = (nonce_ids[k], times[k])
-            while len(self._admitted) > ADMITTED_KEPT:
-                self._admitted.popitem(last=False)
-        return answers
-
-    def _recheck(self, hashes: list[bytes], now: dt.datetime) -> list:
-        limit = self.validator.config.clock_drift_ms
-        now_ms = int(now.timestamp() * 1000)
-        kept = [self._admitted[h] for h in hashes]
-        used = {doc["_id"] for doc in find_in(self.store.db, "nonces", [nonce_id for nonce_id, _ in kept], {"_id": 1})}
-        answers = []
-        for digest, (nonce_id, ts_ms) in zip(hashes, kept):
-            if abs(ts_ms - now_ms) > limit:
-                answers.append(self.t.ResponseCheckTx(code=int(Code.CLOCK_DRIFT), codespace="stepbatch",
-                                                      log=f"timestamp is {abs(ts_ms - now_ms)} ms from now; at most "
-                                                          f"{limit} ms allowed"))
-            elif nonce_id in used:
-                answers.append(self.t.ResponseCheckTx(code=int(Code.NONCE_REPLAY), codespace="stepbatch",
-                                                      log="nonce already used by an accepted proof of this account"))
-            else:
-                answers.append(self.t.ResponseCheckTx(code=0))
-                continue
-            self._admitted.pop(digest, None)
-        return answers
+        return self.mempool.check_many(requests)
 
     # ---------------------------------------------------------------------------- proposals
 
     def prepare_proposal(self, request):
-        rows = read_proofs(transaction_rows(request.txs))
-        with self.lock:
-            stateless = self.validator.stateless(rows, None) if len(request.txs) else None
-        kept, size = [], 0
-        for i, tx in enumerate(request.txs):
-            if stateless is not None and Code(int(stateless.code[i])) in _NEVER_ACCEPTED:
-                continue
-            if size + len(tx) > request.max_tx_bytes:
-                break
-            kept.append(tx)
-            size += len(tx)
-        return self.t.ResponsePrepareProposal(txs=kept)
+        """The mempool's transactions in its order, less those no block could accept a proof of, within
+        `max_tx_bytes` as CometBFT counts them. A transaction this node admitted is kept unchecked."""
+        txs = list(request.txs)
+        unknown = [i for i, tx in enumerate(txs) if not self.mempool.knows(transactions.tx_hash(tx))]
+        hopeless = set()
+        if unknown and self.validator is not None:
+            decoded = transactions.decode_all([txs[i] for i in unknown])
+            never = np.isin(self.validator.stateless(decoded.proofs, None).code, NEVER_ACCEPTED)
+            hopeless = {i for j, i in enumerate(unknown) if never[decoded.rows_of(j)].all()}
+        return self.t.ResponsePrepareProposal(txs=transactions.within_bytes(
+            [tx for i, tx in enumerate(txs) if i not in hopeless], request.max_tx_bytes))
 
     def process_proposal(self, request):
         """Every well-formed block is accepted (bad proofs are rejected row by row when it executes);
         the stateless stage runs now, on all cores, and is kept for the block's FinalizeBlock."""
         block_ms = _ms(request.time)
+        started = time.perf_counter()
+        decoded = transactions.decode_all(request.txs)
         with self.lock:
-            started = time.perf_counter()
-            stateless = self.validator.stateless(read_proofs(transaction_rows(request.txs)), block_ms)
-            spent_ms = (time.perf_counter() - started) * 1000
-            self._proposals = {**{h: p for h, p in self._proposals.items() if p[0] >= block_ms - 600_000},
-                               bytes(request.hash): (block_ms, stateless, spent_ms)}
+            if self.validator is not None:
+                stateless = self.validator.stateless(decoded.proofs, block_ms)
+                spent_ms = (time.perf_counter() - started) * 1000
+                self._proposals[bytes(request.hash)] = _Proposal(block_ms, decoded, stateless, spent_ms)
+                while len(self._proposals) > PROPOSALS_KEPT:
+                    self._proposals.pop(next(iter(self._proposals)))
         return self.t.ResponseProcessProposal(status=self.t.ResponseProcessProposal.ACCEPT)
 
     # ----------------------------------------------------------------------------- execution
 
+    def _next_height(self) -> int:
+        return self.height + 1 if self.height else int(self.chain["initialHeight"])
+
     def finalize_block(self, request):
         block_ms = _ms(request.time)
-        batch_id = f"{self.chain['chainId']}:{request.height}"
         with self.lock:
-            if request.height != self.height + 1:
-                raise RuntimeError(f"FinalizeBlock of height {request.height} after committed height {self.height}")
-            proofs = read_proofs(transaction_rows(request.txs))
-            kept = self._proposals.pop(bytes(request.hash), None)
-            stateless = kept[1] if kept is not None and kept[0] == block_ms else None
+            stored = self._read_chain()
+            if stored is None or self.chain is None or stored["height"] != self.chain["height"]:
+                self._fatal(f"the database's chain is at height {stored and stored['height']}, this app's "
+                            f"memory at {self.height}")
+            if request.height != self._next_height():
+                self._fatal(f"FinalizeBlock of height {request.height}, but this database has committed "
+                            f"height {self.height}: a block is executed once, on the state before it")
+            batch_id = f"{self.chain['chainId']}:{request.height}"
+            proposal = self._proposals.pop(bytes(request.hash), None)
+            if proposal is not None and proposal.block_ms == block_ms:
+                decoded, stateless, spent_ms = proposal.decoded, proposal.stateless, proposal.spent_ms
+            else:
+                decoded, stateless, spent_ms = transactions.decode_all(request.txs), None, 0.0
             started = time.perf_counter()
-            result = self.validator.validate(proofs, batch_id, block_ms, stateless=stateless)
-            validate_ms = (time.perf_counter() - started) * 1000 + (kept[2] if kept and stateless else 0.0)
-            app_hash = chain_genesis.next_app_hash(self.app_hash, result.digest)
+            result = self.validator.validate(decoded.proofs, batch_id, block_ms, stateless=stateless)
+            validate_ms = (time.perf_counter() - started) * 1000 + spent_ms
+            plan = self.store.stage(result.outcome)
+            app_hash = chain_genesis.next_app_hash(self.app_hash, result.digest, written_state_digest(plan))
             self._pending = _Pending(request.height, result, app_hash)
-        tx_results = []
-        for row in result.verdicts.to_pylist():
-            line = f"{row['code']}:{row['reward_micro']}:{'' if row['click_number'] is None else row['click_number']}"
-            tx_results.append(self.t.ExecTxResult(code=int(Code[row["code"]]), data=line.encode(),
-                                                  log=row["message"], codespace="stepbatch"))
-        log.info(json.dumps({"event": "block", "height": request.height, "txs": len(request.txs),
-                             "counts": result.counts, "digest": result.digest, "app_hash": app_hash.hex()}))
+        tx_results = block_tx_results(self.t, decoded, result)
+        log.info(orjson.dumps({"event": "block", "height": request.height, "txs": len(request.txs),
+                               "proofs": decoded.proofs.num_rows, "counts": result.counts,
+                               "digest": result.digest, "app_hash": app_hash.hex()}).decode())
         # This node's own timings, as a block event: not part of any hash, read by `bench --target cometbft`.
         timing = self.t.Event(type="stepbatch", attributes=[
             self.t.EventAttribute(key="validate_ms", value=f"{validate_ms:.3f}"),
-            self.t.EventAttribute(key="previous_commit_ms", value=f"{self._last_commit_ms:.3f}")])
+            self.t.EventAttribute(key="previous_commit_ms", value=f"{self._last_commit_ms:.3f}"),
+            self.t.EventAttribute(key="memo_hits", value=str(self.memo.hits)),
+            self.t.EventAttribute(key="memo_misses", value=str(self.memo.misses))])
         return self.t.ResponseFinalizeBlock(tx_results=tx_results, app_hash=app_hash, events=[timing])
 
     def commit(self, request):
         with self.lock:
             pending = self._pending
             if pending is None:
-                raise RuntimeError("Commit without a finalized block")
-            if self.crash_before_commit == pending.height:
+                self._fatal("Commit without a finalized block")
+            if self.failpoints.get("crash-before-commit") == pending.height:
                 log.warning("failpoint: killing this app before committing height %d", pending.height)
                 os.kill(os.getpid(), signal.SIGKILL)
             chain = {**self.chain, "height": pending.height, "appHash": pending.app_hash.hex()}
@@ -298,63 +278,44 @@ class StepApplication:
             def record(db, session):
                 moved = db.meta.replace_one({"_id": CHAIN_ID, "height": self.height}, chain, session=session)
                 if moved.matched_count != 1:
-                    raise RuntimeError(f"height {pending.height} was committed by someone else")
+                    raise StaleStateError(f"height {pending.height} was committed by someone else")
 
             started = time.perf_counter()
-            self._commit(pending, record)
+            self._pending = None
+            try:
+                self._commit(pending, record)
+            except Exception as err:
+                self._fatal(f"the commit of height {pending.height} failed: {type(err).__name__}: {err}")
+            if self.failpoints.get("lose-commit-ack") == pending.height:
+                self._fatal(f"failpoint: height {pending.height} is committed, but this app acts as if the "
+                            f"database's acknowledgement were lost")
             self._last_commit_ms = (time.perf_counter() - started) * 1000
-            self.chain, self._pending = chain, None
+            self.chain = chain
         return self.t.ResponseCommit(retain_height=0)
 
     def _commit(self, pending: _Pending, record) -> None:
-        """Commit the block's batch; a write conflict is outwaited, not answered with an error. On this
-        validator's own database it can only come from a transaction its previous process left open
-        when it was killed mid-commit, which the server expires after its transaction lifetime (60 s)."""
+        """Commit the block's batch. A write conflict on this validator's own database can only come
+        from a transaction its previous process left open when it was killed mid-commit, which the
+        server expires after its transaction lifetime; that one is outwaited. A commit sequence that
+        moved means another writer uses this database: nothing to wait for."""
         deadline = time.monotonic() + self.validator.config.commit_wait_s
         for attempt in itertools.count():
             try:
                 self.store.commit(pending.result.outcome, also=record)
                 return
             except StaleStateError as err:
-                if time.monotonic() > deadline:
+                seq = self.store.db.meta.find_one({"_id": SEQ_ID}) or {}
+                if seq.get("seq") != pending.result.outcome.prior.seq or time.monotonic() > deadline:
                     raise
                 if attempt == 0:
-                    log.warning("height %d: %s; retrying until the conflicting transaction ends",
-                                pending.height, err)
+                    log.warning("height %d: %s; retrying until the conflicting transaction ends", pending.height, err)
                 time.sleep(min(0.1 * 2 ** attempt, 2.0))
 
     # ------------------------------------------------------------------------------- queries
 
     def query(self, request):
-        path = request.path.strip("/").split("/")
-        with self.lock:
-            height = self.height
-            try:
-                value = self._answer(path)
-            except (ValueError, KeyError) as err:
-                return self.t.ResponseQuery(code=1, log=f"bad query {request.path!r}: {err}", height=height)
-        if value is None:
-            return self.t.ResponseQuery(code=1, log=f"not found: {request.path}", height=height)
-        return self.t.ResponseQuery(code=0, value=orjson.dumps(value, default=str), height=height)
-
-    def _answer(self, path: list[str]):
-        db = self.store.db
-        if path[0] == "account" and len(path) == 2:
-            doc = db.accounts.find_one({"_id": path[1].lower()})
-            return None if doc is None else {"account": doc["_id"], "balanceMicro": int(doc["balanceMicro"]),
-                                             "proofCount": doc["proofCount"], "lastProof": doc.get("lastProof")}
-        if path[0] == "triangle" and len(path) == 2:
-            found = existing_triangles(db, [path[1]])
-            return None if not found else {k: found[0].get(k) for k in (
-                "_id", "level", "state", "clicks", "parentId", "childrenIds")}
-        if path[0] == "proof" and len(path) == 3:
-            used = db.nonces.find_one({"_id": f"{path[1].lower()}:{path[2]}"}) is not None
-            return {"account": path[1].lower(), "nonce": path[2], "used": used}
-        if path[0] == "batch" and len(path) == 2:
-            stored = self.store.committed(f"{self.chain['chainId']}:{int(path[1])}") if self.chain else None
-            return None if stored is None else {"batchId": stored.batch_id, "digest": stored.digest,
-                                                "counts": stored.counts, "rows": stored.verdicts.num_rows}
-        raise ValueError("paths are /account/{address}, /triangle/{id}, /proof/{account}/{nonce}, /batch/{height}")
+        code, value, message = queries.answer(self, request)
+        return self.t.ResponseQuery(code=code, value=value, log=message, height=self.height, codespace="stepbatch")
 
     # ---------------------------------------------------------- vote extensions, snapshots
 
@@ -375,3 +336,37 @@ class StepApplication:
 
     def apply_snapshot_chunk(self, request):
         return self.t.ResponseApplySnapshotChunk(result=self.t.ResponseApplySnapshotChunk.ABORT)
+
+
+def verdict_lines(verdicts: pa.Table) -> list[str]:
+    """Per row, its digest line without the index (SPEC §4): `ACCEPTED:61:3`, `TOO_FAST:0:`."""
+    clicks = pc.fill_null(pc.cast(verdicts.column("click_number"), pa.string()), "")
+    return pc.binary_join_element_wise(verdicts.column("code"), pc.cast(verdicts.column("reward_micro"), pa.string()),
+                                       clicks, ":").to_pylist()
+
+
+def block_tx_results(t, decoded: transactions.Decoded, result: BatchResult) -> list:
+    """One ExecTxResult per transaction (SPEC §8). A one-proof (or invalid) transaction: the verdict's
+    code number, its line as data, its message as log. A ProofBatch: code 0, one line per proof as
+    data, the messages as a JSON array as log. Each carries an unindexed event `stepbatch.balances`:
+    per proof, the account's balance in micro-STEP right after it (empty when rejected), which the
+    gateway answers phones with."""
+    verdicts = result.verdicts
+    lines = verdict_lines(verdicts)
+    messages = verdicts.column("message").to_pylist()
+    codes = [int(Code[name]) for name in verdicts.column("code").to_pylist()]
+    balances = [str(b) if b >= 0 else "" for b in balances_after(verdicts, result.outcome).tolist()]
+    results = []
+    for tx, kind in enumerate(decoded.kinds):
+        rows = decoded.rows_of(tx)
+        event = t.Event(type="stepbatch.balances", attributes=[
+            t.EventAttribute(key="balance_micro", value=",".join(balances[rows]), index=False)])
+        if kind == transactions.Kind.BATCH:
+            results.append(t.ExecTxResult(code=0, data="\n".join(lines[rows]).encode(),
+                                          log=orjson.dumps(messages[rows]).decode(), codespace="stepbatch",
+                                          events=[event]))
+        else:
+            row = rows.start
+            results.append(t.ExecTxResult(code=codes[row], data=lines[row].encode(), log=messages[row],
+                                          codespace="stepbatch", events=[event]))
+    return results

@@ -2,8 +2,12 @@
 stream of unsigned-varint length-prefixed `Request` messages answered in order by `Response`s.
 
 Each connection has a thread of its own that answers its requests in order; the application
-serialises what touches state. A request the application fails on gets a `ResponseException` naming
-the error, never silence.
+serialises what touches state. CometBFT stops the node on an exception response, so no request that
+carries outside input gets one: a CheckTx or a Query the application fails on is answered with a
+non-zero code, a PrepareProposal with the mempool's transactions as they are (within the byte limit),
+a ProcessProposal with ACCEPT (FinalizeBlock does the work again). FinalizeBlock and Commit end the
+application's process when they cannot go on (`StepApplication._fatal`); an exception answers only
+what no outsider sends (Info and InitChain, which a node cannot start without, and malformed frames).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import socketserver
 import urllib.parse
 
-from stepbatch.abci import protos
+from stepbatch.abci import protos, transactions
 from stepbatch.store.base import brief
 
 log = logging.getLogger("stepbatch.abci")
@@ -112,20 +116,20 @@ class _Connection(socketserver.BaseRequestHandler):
                 run += 1
             if run - i > 1:
                 yield from self._guarded(t, lambda: [t.Response(check_tx=r) for r in app.check_tx_many(
-                    [request.check_tx for request in requests[i:run]])], run - i)
+                    [request.check_tx for request in requests[i:run]])], requests[i:run])
                 i = run
                 continue
-            yield from self._guarded(t, lambda: [self._answer(app, t, requests[i])], 1)
+            yield from self._guarded(t, lambda: [self._answer(app, t, requests[i])], requests[i:i + 1])
             i += 1
 
     @staticmethod
-    def _guarded(t, answer, count: int):
+    def _guarded(t, answer, requests):
         try:
             return answer()
         except Exception as err:  # every failure is answered, so CometBFT never waits on a dead request
             log.exception("ABCI request failed")
-            failure = t.Response(exception=t.ResponseException(error=f"{type(err).__name__}: {brief(err, 1000)}"))
-            return [failure] * count
+            text = f"{type(err).__name__}: {brief(err, 1000)}"
+            return [_fallback(t, request, text) for request in requests]
 
     @staticmethod
     def _answer(app, t, request):
@@ -139,6 +143,32 @@ class _Connection(socketserver.BaseRequestHandler):
         if kind == "flush":
             return t.Response(flush=t.ResponseFlush())
         return t.Response(**{kind: getattr(app, kind)(getattr(request, kind))})
+
+
+INTERNAL_ERROR = 100  # the code of a CheckTx or Query this node could not answer
+
+
+def _fallback(t, request, text: str):
+    """The answer to a request the application failed on: a non-zero code where the request carries
+    outside input, an exception response only where it does not."""
+    kind = None if isinstance(request, Exception) else request.WhichOneof("value")
+    if kind == "check_tx":
+        return t.Response(check_tx=t.ResponseCheckTx(code=INTERNAL_ERROR, codespace="stepbatch",
+                                                     log=f"this node could not check the transaction: {text}"))
+    if kind == "query":
+        return t.Response(query=t.ResponseQuery(code=INTERNAL_ERROR, codespace="stepbatch",
+                                                log=f"this node could not answer the query: {text}"))
+    if kind == "prepare_proposal":
+        return t.Response(prepare_proposal=t.ResponsePrepareProposal(txs=transactions.within_bytes(
+            list(request.prepare_proposal.txs), request.prepare_proposal.max_tx_bytes)))
+    if kind == "process_proposal":
+        return t.Response(process_proposal=t.ResponseProcessProposal(status=t.ResponseProcessProposal.ACCEPT))
+    if kind == "extend_vote":
+        return t.Response(extend_vote=t.ResponseExtendVote())
+    if kind == "verify_vote_extension":
+        return t.Response(verify_vote_extension=t.ResponseVerifyVoteExtension(
+            status=t.ResponseVerifyVoteExtension.ACCEPT))
+    return t.Response(exception=t.ResponseException(error=text))
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):

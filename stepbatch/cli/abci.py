@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
 
-from stepbatch.cli import UsageError
+from stepbatch.cli import UsageError, int_in_range
 
 
 def register(subparsers) -> None:
@@ -22,13 +21,26 @@ def register(subparsers) -> None:
     parser.add_argument("--address", default="tcp://127.0.0.1:26658",
                         help="where CometBFT connects (proxy_app): tcp://HOST:PORT or unix:///PATH")
     parser.add_argument("--db", default=None, help="this validator's database (default: $STEPBATCH_DB or step)")
+    parser.add_argument("--signature-memo", type=int_in_range("a memo size", 0, 100_000_000), default=None,
+                        metavar="N", help="signatures whose recovery is remembered, so a proof seen at CheckTx is "
+                                          "not recovered again in its block (0: off; default 500,000)")
     parser.add_argument("--faulty-speed-limit", type=float, default=None, metavar="MPS",
                         help=argparse.SUPPRESS)  # a deliberately faulty validator (`localnet up --byzantine`)
-    # A failpoint for the crash tests: the app SIGKILLs itself between FinalizeBlock and Commit of HEIGHT.
-    crash = os.environ.get("STEPBATCH_ABCI_CRASH_BEFORE_COMMIT")
-    parser.add_argument("--crash-before-commit", type=int, default=int(crash) if crash else None, metavar="HEIGHT",
+    # Failpoints of the crash tests, never set by an environment variable: `crash-before-commit:H` (the
+    # app SIGKILLs itself between FinalizeBlock and Commit of H) and `lose-commit-ack:H` (it commits H,
+    # then acts as if the acknowledgement were lost).
+    parser.add_argument("--failpoint", type=_failpoint, action="append", default=[], metavar="NAME:HEIGHT",
                         help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
+
+
+def _failpoint(text: str) -> tuple[str, int]:
+    from stepbatch.abci.app import FAILPOINTS
+
+    name, _, height = text.partition(":")
+    if name not in FAILPOINTS or not height.isdigit():
+        raise argparse.ArgumentTypeError(f"a failpoint is NAME:HEIGHT with NAME one of {', '.join(FAILPOINTS)}")
+    return name, int(height)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
     except protos.ProtoError as err:
         raise UsageError(str(err)) from err
     store = MongoStore(config.mongodb_uri, config.db_name, config=config)
+    memo = {} if args.signature_memo is None else {"memo_entries": args.signature_memo}
     app = StepApplication(store, config, faulty_speed_limit=args.faulty_speed_limit,
-                          crash_before_commit=args.crash_before_commit)
+                          failpoints=dict(args.failpoint), **memo)
     try:
         try:
             listener = server.serve(app, args.address)

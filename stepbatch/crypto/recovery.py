@@ -7,8 +7,10 @@ run over whole arrays.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import os
+import threading
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -35,11 +37,48 @@ from stepbatch.crypto.secp256k1 import MalformedSignatureError
 from stepbatch_kernels.keccak import DIGEST_BYTES
 
 
-class SignatureRecoverer:
-    """Recovers signer addresses on all cores; owns one thread pool for its lifetime."""
+class RecoveryMemo:
+    """What recent recoveries gave, keyed on (EIP-191 digest, 65-byte signature), least recently used
+    first out. Recovery is a pure function of those 97 bytes, so a hit is exactly what recovering
+    again would give, on any machine: a consensus node that checks a proof at CheckTx, again when a
+    block proposes it and again when the block executes recovers its signature once."""
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+        self._known: collections.OrderedDict[bytes, bytes | None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def look_up(self, keys: list[bytes]) -> list[bytes | None | bool]:
+        """Per key: the signer's 20 bytes, None (known not to recover), or False (not known)."""
+        with self._lock:
+            found = [self._known.get(key, False) for key in keys]
+            for key, value in zip(keys, found):
+                if value is not False:
+                    self._known.move_to_end(key)
+            known = sum(value is not False for value in found)
+            self.hits += known
+            self.misses += len(keys) - known
+        return found
+
+    def remember(self, keys: list[bytes], signers: list[bytes | None]) -> None:
+        with self._lock:
+            self._known.update(zip(keys, signers))
+            while len(self._known) > self.capacity:
+                self._known.popitem(last=False)
+
+
+class SignatureRecoverer:
+    """Recovers signer addresses on all cores; owns one thread pool for its lifetime. With a `memo`
+    (a RecoveryMemo), a signature recovered before is not recovered again."""
+
+    def __init__(self, threads: int | None = None, memo: RecoveryMemo | None = None):
         self.threads = threads or os.cpu_count() or 1
+        self.memo = memo if memo is not None and memo.capacity > 0 else None
         self._pool = concurrent.futures.ThreadPoolExecutor(self.threads,
                                                            thread_name_prefix="stepbatch-recover")
 
@@ -64,6 +103,28 @@ class SignatureRecoverer:
         rows = np.arange(n) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
         if len(rows) and (rows[0] < 0 or rows[-1] >= n):
             raise ValueError(f"rows: expected indices in [0, {n}), got {rows[0]}..{rows[-1]}")
+        if self.memo is None or not len(rows):
+            return self._recover(digests, sig65, rows)
+        keys = [bytes(key) for key in np.concatenate((digests[rows], sig65[rows]), axis=1)]
+        found = self.memo.look_up(keys)
+        known = np.array([value is not False for value in found], dtype=bool)
+        signed = np.array([isinstance(value, bytes) for value in found], dtype=bool)
+        addr20 = np.zeros((n, ADDRESS_BYTES), dtype=np.uint8)
+        ok = np.zeros(n, dtype=bool)
+        if signed.any():
+            addr20[rows[signed]] = np.frombuffer(b"".join(v for v in found if isinstance(v, bytes)),
+                                                 np.uint8).reshape(-1, ADDRESS_BYTES)
+            ok[rows[signed]] = True
+        missed = rows[~known]
+        if len(missed):
+            fresh_addr20, fresh_ok = self._recover(digests, sig65, missed)
+            addr20[missed], ok[missed] = fresh_addr20[missed], fresh_ok[missed]
+            self.memo.remember([key for key, hit in zip(keys, known.tolist()) if not hit],
+                               [addr20[row].tobytes() if ok[row] else None for row in missed.tolist()])
+        return addr20, ok
+
+    def _recover(self, digests: np.ndarray, sig65: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(digests)
         public_keys = np.zeros((n, secp256k1.PUBLIC_KEY_BYTES), dtype=np.uint8)
         chunks = [chunk.tolist() for chunk in np.array_split(rows, self.threads) if len(chunk)]
         jobs = [self._pool.submit(secp256k1.recover_public_keys_into, digests, sig65, chunk,

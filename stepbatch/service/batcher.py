@@ -31,6 +31,7 @@ from stepbatch.pipeline import Pipeline
 from stepbatch.protocol import Code
 from stepbatch.schema import PROOF_COLUMNS
 from stepbatch.validator import BatchResult, Validator
+from stepbatch.verdicts import balances_after
 
 log = logging.getLogger("stepbatch.service")
 
@@ -198,7 +199,7 @@ class LiveBatcher:
             return
         result: BatchResult = done.result()
         committed_at = dt.datetime.now(dt.timezone.utc)
-        balances = balances_after(result)
+        balances = balances_after(result.verdicts, result.outcome)
         first = 0
         for request in requests:
             n = request.count
@@ -235,31 +236,6 @@ class LiveBatcher:
     def _gauge(self) -> None:
         if self.metrics is not None:
             self.metrics.queue_depth.set(self._waiting_rows)
-
-
-def balances_after(result: BatchResult) -> np.ndarray:
-    """Per row, the account's balance in micro-STEP right after that row (-1 for a rejected row):
-    its balance before the batch plus the rewards of its accepted rows up to that one."""
-    n = result.verdicts.num_rows
-    out = np.full(n, -1, np.int64)
-    outcome = result.outcome
-    if outcome is None or n == 0:
-        return out
-    codes = result.verdicts.column("code").to_numpy(zero_copy_only=False)
-    accepted = np.flatnonzero(codes == Code.ACCEPTED.name)
-    if not len(accepted):
-        return out
-    account = outcome.row_account[accepted]
-    reward = result.verdicts.column("reward_micro").to_numpy()[accepted]
-    order = np.argsort(account, kind="stable")
-    running = np.cumsum(reward[order])
-    starts = np.flatnonzero(np.r_[True, account[order][1:] != account[order][:-1]])
-    group_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    before = np.r_[0, running][group_start]
-    cumulative = np.empty(len(order), np.int64)
-    cumulative[order] = running - before
-    out[accepted] = outcome.prior.account_balance_micro[account] + cumulative
-    return out
 
 
 def _batch_table(requests: list[_Request]) -> pa.Table:

@@ -207,15 +207,17 @@ class MongoStore:
 
     # ------------------------------------------------------------------------------ commit
 
-    def stage(self, outcome: BatchOutcome) -> None:
+    def stage(self, outcome: BatchOutcome) -> layout.CommitPlan:
         """Put the batch's effects in the cache ahead of its commit, so the next batch validates
         against the state after it while it commits (see `stepbatch.pipeline`), and build its writes
-        meanwhile, so that the database goes from one commit to the next without waiting for them."""
+        meanwhile, so that the database goes from one commit to the next without waiting for them.
+        Returns those writes."""
         plan = self._plan(outcome, dt.datetime.now(dt.timezone.utc))
         with self._lock:
             self._cache_outcome(outcome, plan)
             self._staged[outcome.batch_id] = {doc["_id"] for doc in plan.nonces}
             self._plans[outcome.batch_id] = (outcome, plan)
+        return plan
 
     def discard_staged(self) -> None:
         """Forget every staged outcome (and so the cache): their commits will not happen."""

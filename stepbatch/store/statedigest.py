@@ -54,6 +54,24 @@ def state_digest(db) -> str:
     return sha.hexdigest()
 
 
+def written_state_digest(plan: layout.CommitPlan) -> bytes:
+    """SHA-256 of the state documents a commit sets: every account, triangle and nonce document it
+    inserts, and the `_id` and `$set` fields of every one it updates, as canonical texts (without
+    write times) sorted by collection and `_id`. A consensus node chains it into its app hash, so a
+    node whose stored state has drifted from the others' (a write-path or cache bug, a database
+    changed behind its back) computes another hash at the first block that writes what drifted."""
+    written = [("accounts", doc) for doc in plan.account_inserts]
+    written += [("accounts", {**query, **update["$set"]}) for query, update in plan.account_updates]
+    written += [("triangles", doc) for doc in plan.triangle_inserts]
+    written += [("triangles", {**query, **update["$set"]}) for query, update in plan.triangle_updates]
+    written += [("nonces", doc) for doc in plan.nonces]
+    written.sort(key=lambda entry: (entry[0], entry[1]["_id"]))
+    sha = hashlib.sha256(b"STEP-WRITTEN-STATE-v1\n")
+    for collection, doc in written:
+        sha.update(f"{collection}\t{_canonical_text(doc)}\n".encode())
+    return sha.digest()
+
+
 def _not_implied(triangles: list[dict], regions: Regions) -> list[dict]:
     """The triangle documents that say more than their existence: a document of a triangle that is
     still active, unclicked and childless says nothing that a declared region covering it or its
