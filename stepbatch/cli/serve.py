@@ -30,13 +30,34 @@ def register(subparsers) -> None:
                         help="proofs waiting for a batch before requests are refused with 503 (20000)")
     parser.add_argument("--max-body-bytes", type=_positive, default=64 * 1024,
                         help="largest body of POST /proof/submit (65536)")
-    parser.add_argument("--max-bulk-bytes", type=_positive, default=64 * 1024 * 1024,
-                        help="largest body of POST /proofs (67108864)")
+    parser.add_argument("--max-bulk-bytes", type=_positive, default=16 * 1024 * 1024,
+                        help="largest body of POST /proofs (16777216)")
+    parser.add_argument("--max-bulk-rows", type=_positive, default=10_000,
+                        help="most proofs in one POST /proofs, whatever its format (10000)")
     parser.add_argument("--rate-ip", type=_rate, default=None, metavar="R[/BURST]",
-                        help="requests per second per client address, e.g. 20/40 (default: no limit; "
-                             "behind a proxy every client has the proxy's address)")
+                        help="requests per second per client address, on the submit and the read routes, "
+                             "e.g. 20/40 (default: no limit; behind a proxy, see --forwarded-allow-ips)")
     parser.add_argument("--rate-account", type=_rate, default=None, metavar="R[/BURST]",
-                        help="proofs per second per account on /proof/submit (default: no limit)")
+                        help="proofs per second per account on /proof/submit, charged only for proofs "
+                             "whose signature recovers to the account (default: no limit)")
+    parser.add_argument("--forwarded-allow-ips", default="", metavar="ADDRESSES",
+                        help="comma-separated proxy addresses (or networks, or *) whose X-Forwarded-For "
+                             "and X-Forwarded-Proto are believed (default: none; the client is the peer)")
+    parser.add_argument("--max-connections", type=_positive, default=1000,
+                        help="open connections in all; past it a connection is answered 503 and closed (1000)")
+    parser.add_argument("--max-connections-per-ip", type=_positive, default=100,
+                        help="open connections from one client address (100)")
+    parser.add_argument("--header-timeout", type=_seconds, default=10.0, metavar="S",
+                        help="seconds a client has to send a request's line and headers (10)")
+    parser.add_argument("--body-timeout", type=_seconds, default=30.0, metavar="S",
+                        help="seconds a client has to send a request's body after its headers (30)")
+    parser.add_argument("--keep-alive", type=_seconds, default=5.0, metavar="S",
+                        help="seconds an idle keep-alive connection stays open (5)")
+    parser.add_argument("--read-timeout", type=_seconds, default=5.0, metavar="S",
+                        help="seconds a read route (/mesh, /account) may work before it answers 503 (5)")
+    parser.add_argument("--cors-origins", default="*", metavar="ORIGINS",
+                        help="comma-separated web origins that may call the API from a browser; * any "
+                             "(no credentials are used), an empty string none (*)")
     parser.add_argument("--db", default=None, help="database name (default: $STEPBATCH_DB or step)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="info logs one line per batch (info)")
@@ -54,10 +75,14 @@ def run(args: argparse.Namespace) -> int:
     config = Config.from_env(mongodb_uri=args.mongodb_uri, db_name=args.db)
     options = ServiceOptions(
         batch_size=args.batch_size, max_wait_ms=args.max_wait_ms, queue_limit=args.queue_limit,
-        max_body_bytes=args.max_body_bytes, max_bulk_bytes=args.max_bulk_bytes,
+        max_body_bytes=args.max_body_bytes, max_bulk_bytes=args.max_bulk_bytes, max_bulk_rows=args.max_bulk_rows,
+        read_timeout_s=args.read_timeout, cors_origins=tuple(_list(args.cors_origins)),
         ip_rate=args.rate_ip[0] if args.rate_ip else None, ip_burst=args.rate_ip[1] if args.rate_ip else None,
         account_rate=args.rate_account[0] if args.rate_account else None,
         account_burst=args.rate_account[1] if args.rate_account else None)
+    limits = server.ConnectionLimits(
+        header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout, keep_alive_s=args.keep_alive,
+        max_connections=args.max_connections, max_connections_per_ip=args.max_connections_per_ip)
     try:
         listener = socket.create_server((args.host, args.port), reuse_port=False)
     except OSError as err:
@@ -69,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             host, port = listener.getsockname()[:2]
             print(f"stepbatch serve: listening on http://{host}:{port} (database {config.db_name}, "
                   f"batches of up to {options.batch_size} proofs or {options.max_wait_ms:g} ms)", flush=True)
-            server.run(app, listener, args.log_level)
+            server.run(app, listener, args.log_level, limits, _list(args.forwarded_allow_ips))
     finally:
         listener.close()
         store.close()
@@ -89,6 +114,20 @@ def _wait(text: str) -> float:
     if not 0 <= value <= 60_000:
         raise argparse.ArgumentTypeError(f"--max-wait-ms must be in [0, 60000], got {text!r}")
     return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a time is a number of seconds, got {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"a time must be in (0, 3600] seconds, got {text!r}")
+    return value
+
+
+def _list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _rate(text: str) -> tuple[float, float | None]:

@@ -25,12 +25,18 @@ def check_bbox(bbox) -> tuple[float, float, float, float]:
     return west, south, east, north
 
 
-def _level_ranges(level: int, bbox) -> tuple[np.ndarray, np.ndarray]:
+class TooManyEdgeTriangles(ValueError):
+    """A box whose edges cross more triangles of the level than the caller would examine."""
+
+
+def _level_ranges(level: int, bbox, max_edge_keys: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(start, count) runs of level-order indices (face-major, then path in base 4) to enumerate.
 
     Without a bbox: the whole level. With one: descend from the 20 faces, dropping triangles whose
     bounding cap misses the box, taking the whole subtree of one whose cap lies inside it, and
-    splitting the rest; the runs come back sorted by start.
+    splitting the rest; the runs come back sorted by start. The triangles split at one depth grow
+    with the box's perimeter over the level's side; past `max_edge_keys` of them the descent stops
+    with TooManyEdgeTriangles (a thin box around the globe at level 21 crosses ~10^8).
     """
     if bbox is None:
         return np.zeros(1, np.int64), np.full(1, kmesh.FACE_COUNT * 4 ** (level - 1), np.int64)
@@ -44,6 +50,9 @@ def _level_ranges(level: int, bbox) -> tuple[np.ndarray, np.ndarray]:
         starts.append(_level_index(keys[whole], depth) * 4 ** (level - depth))
         counts.append(np.full(int(whole.sum()), 4 ** (level - depth), np.int64))
         keys = child_keys(keys[relation == kgeo.BOX_MEETS]).reshape(-1) if depth < level else keys[:0]
+        if max_edge_keys is not None and len(keys) > max_edge_keys:
+            raise TooManyEdgeTriangles(f"more than {max_edge_keys:,} level-{depth + 1} triangles cross the "
+                                       f"box's edges")
     starts, counts = np.concatenate(starts), np.concatenate(counts)
     order = np.argsort(starts, kind="stable")
     return starts[order], counts[order]
@@ -61,25 +70,25 @@ def _keys_at(index: np.ndarray, level: int) -> np.ndarray:
     return out
 
 
-def count_level(level: int, bbox: Sequence[float] | None = None) -> int:
+def count_level(level: int, bbox: Sequence[float] | None = None, max_edge_keys: int | None = None) -> int:
     """How many triangles iter_level_keys(level, bbox) yields (without enumerating them)."""
-    return int(_level_ranges(check_level(level), bbox)[1].sum())
+    return int(_level_ranges(check_level(level), bbox, max_edge_keys)[1].sum())
 
 
 def iter_level_keys(level: int, bbox: Sequence[float] | None = None,
-                    chunk: int = 100_000) -> Iterator[np.ndarray]:
+                    chunk: int = 100_000, max_edge_keys: int | None = None) -> Iterator[np.ndarray]:
     """Every level-`level` key, ascending, in int64 arrays of at most `chunk`.
 
     With bbox (W, S, E, N in degrees; W > E crosses the antimeridian) only triangles near the box:
     every triangle that meets it is listed, plus possibly some within a cap radius of its edges,
     because the test compares each triangle's bounding cap (centred on its centroid, through its
     farthest vertex) with the box. Memory grows with the number of such edge triangles, not with
-    the count enumerated.
+    the count enumerated, and is bounded by `max_edge_keys` (see `_level_ranges`).
     """
     level = check_level(level)
     if chunk < 1:
         raise ValueError(f"chunk must be positive, got {chunk!r}")
-    starts, counts = _level_ranges(level, bbox)
+    starts, counts = _level_ranges(level, bbox, max_edge_keys)
     ends = np.cumsum(counts)
     total = int(ends[-1]) if len(ends) else 0
     for first in range(0, total, chunk):

@@ -4,6 +4,12 @@ Proofs go through one `LiveBatcher` (one transaction per batch, each request ans
 batch is committed); the read routes are in `stepbatch.service.reads`. What is refused before it
 reaches a batch (a body too large, JSON that does not parse, a client over its rate, a full queue)
 is answered at once and never touches the batch it would have joined.
+
+Every cost is bounded before it is paid: a client over its rate or a full queue is refused before
+its body is read; a bulk body is read only while the bytes of bulk bodies being read and parsed
+stay within their budget, then parsed on threads of its own by `stepbatch.ingest.untrusted` (depth
+and rows checked before any parser sees it). An account's rate is charged only for a proof whose
+signature recovers to that account, so nobody can spend it for someone else.
 """
 
 from __future__ import annotations
@@ -12,35 +18,41 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import io
+import concurrent.futures
 import logging
 import re
 
 import orjson
 import pyarrow as pa
 import pyarrow.ipc as ipc
+import pymongo
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from stepbatch.batching import BatchPolicy
-from stepbatch.ingest.sources import ProofSourceError, read_proofs
+from stepbatch import crypto
+from stepbatch.ingest import ndjson
+from stepbatch.ingest.sources import ProofSourceError
+from stepbatch.ingest.untrusted import ARROW_STREAM, RowLimitExceeded, read_untrusted
 from stepbatch.mesh import keys as mesh_keys
 from stepbatch.mesh.ids import key_of
 from stepbatch.protocol import Code
 from stepbatch.schema import PROOF_COLUMNS, VERDICT_SCHEMA
 from stepbatch.service import reads, web
 from stepbatch.service.batcher import LiveBatcher, Overloaded, ShuttingDown
-from stepbatch.service.limits import TokenBuckets, retry_after
+from stepbatch.service.guard import CorsPolicy, Guard, http_error
+from stepbatch.service.limits import ReadGate, TokenBuckets, retry_after
 from stepbatch.service.metrics import ServiceMetrics
 from stepbatch.service.responses import JSON, STATUS_BY_CODE, iso_ms, proof_error, step_amount
-from stepbatch.store.base import StoreError, brief
+from stepbatch.store.base import StoreError
 from stepbatch.validator import Validator
 
 log = logging.getLogger("stepbatch.service")
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
 NDJSON = "application/x-ndjson"
 _ROW_PREFIX = re.compile(r"^row [0-9]+: ")
 
@@ -51,11 +63,16 @@ class ServiceOptions:
     max_wait_ms: float = 50.0
     queue_limit: int = 20_000  # proofs waiting for a batch before requests get 503
     max_body_bytes: int = 64 * 1024  # one proof is ~0.5 KB
-    max_bulk_bytes: int = 64 * 1024 * 1024
+    max_bulk_bytes: int = 16 * 1024 * 1024
+    max_bulk_rows: int = 10_000  # proofs in one POST /proofs (an Arrow batch may declare any length)
+    parsing_bytes: int = 64 * 1024 * 1024  # bulk bodies being read and parsed at once, in bytes
     ip_rate: float | None = None  # requests per second per client address; None: no limit
     ip_burst: float | None = None
     account_rate: float | None = None  # proofs per second per account; None: no limit
     account_burst: float | None = None
+    read_timeout_s: float = 5.0  # the longest a read route may work, its database calls included
+    read_threads: int = 4
+    cors_origins: tuple[str, ...] = ("*",)
 
 
 class Service:
@@ -71,7 +88,16 @@ class Service:
                                    options.queue_limit, self.metrics)
         self.ip_limit = TokenBuckets(options.ip_rate, options.ip_burst) if options.ip_rate else None
         self.account_limit = TokenBuckets(options.account_rate, options.account_burst) if options.account_rate else None
+        self.reads = ReadGate(options.read_threads)
+        # Bulk bodies are parsed here, never on the threads the batcher validates and commits on.
+        self.parsing = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="stepbatch-parse")
+        self.parsing_bytes = 0  # reserved by bulk bodies being read or parsed
+        self.max_batch_rows = max(options.batch_size, options.max_bulk_rows)
         self.ready = False
+
+    def close(self) -> None:
+        self.reads.close()
+        self.parsing.shutdown(wait=True, cancel_futures=True)
 
 
 def create_app(validator: Validator, options: ServiceOptions | None = None) -> Starlette:
@@ -86,19 +112,16 @@ def create_app(validator: Validator, options: ServiceOptions | None = None) -> S
         finally:
             service.ready = False
             await service.batcher.stop()
+            service.close()
 
     app = Starlette(routes=[
         Route("/proof/submit", submit, methods=["POST"]), Route("/proofs", submit_many, methods=["POST"]),
         Route("/proof/config", proof_config), Route("/health", health), Route("/ready", ready),
         Route("/metrics", metrics), *reads.ROUTES, *web.ROUTES,
-    ], lifespan=lifespan, exception_handlers={Exception: _internal_error})
+    ], lifespan=lifespan, exception_handlers={HTTPException: http_error},
+        middleware=[Middleware(Guard, cors=CorsPolicy(tuple(service.options.cors_origins)))])
     app.state.service = service
     return app
-
-
-async def _internal_error(request: Request, err: Exception) -> Response:
-    log.exception("%s %s failed", request.method, request.url.path, exc_info=err)
-    return proof_error("INTERNAL", f"internal error: {brief(err)}", 500)
 
 
 class _Refused(Exception):
@@ -147,8 +170,9 @@ def _refusals(handler):
         except _Refused as refused:
             service.metrics.refused.labels(reason=refused.reason).inc()
             return refused.response
-        except StoreError as err:
-            return proof_error("INTERNAL", f"the batch could not be committed: {brief(err)}", 500)
+        except (StoreError, pymongo.errors.PyMongoError):
+            # What failed (addresses, timeouts, topology) is in the batcher's log line, not the answer.
+            return proof_error("INTERNAL", "the batch could not be committed; retry shortly", 500)
     run.__name__ = handler.__name__
     return run
 
@@ -159,8 +183,11 @@ async def submit(request: Request, service: Service) -> Response:
     arrived = dt.datetime.now(dt.timezone.utc)
     client = request.client.host if request.client else "unknown"
     _limit(service.ip_limit, client, "client address")
+    _queue_room(service)
     body = await _body(request, service.options.max_body_bytes)
     try:
+        if ndjson.too_deep(body):
+            raise orjson.JSONDecodeError(f"nested deeper than {ndjson.MAX_DEPTH} levels", "", 0)
         document = orjson.loads(body)
     except orjson.JSONDecodeError as err:
         raise _Refused(proof_error(Code.INVALID_PAYLOAD.name, f"request body is not valid JSON: {err}", 400),
@@ -168,10 +195,9 @@ async def submit(request: Request, service: Service) -> Response:
     if not isinstance(document, dict):
         raise _Refused(proof_error(Code.INVALID_PAYLOAD.name, 'expected a JSON object {"payload": {...}, '
                                    '"signature": "0x…"}', 400), "bad_json")
-    payload = document.get("payload")
-    account = payload.get("account") if isinstance(payload, dict) else None
-    if isinstance(account, str):
-        _limit(service.account_limit, account.lower(), "account")
+    signer = _signer(document) if service.account_limit is not None else None
+    if signer is not None:
+        _limit(service.account_limit, signer, "account")
     # CLOCK_DRIFT is measured against the time the request arrived, never a time the client sends.
     document["received_at"] = iso_ms(arrived)
     answer = await _queued(service, [document])
@@ -186,6 +212,43 @@ async def submit(request: Request, service: Service) -> Response:
     })
 
 
+def _signer(document: dict) -> str | None:
+    """The proof's account, lower case, when its signature recovers to it; else None (a proof that
+    is not signed by the account it names must not spend that account's rate)."""
+    payload = document.get("payload")
+    if not isinstance(payload, dict) or not isinstance(payload.get("account"), str) \
+            or not isinstance(document.get("signature"), str):
+        return None
+    try:
+        signer = crypto.recover_address(crypto.canonical_message(payload), document["signature"])
+    except Exception:  # any field that cannot make the message or the signature: not signed
+        return None
+    return signer if signer == payload["account"].lower() else None
+
+
+def _queue_room(service: Service) -> None:
+    if service.batcher.depth >= service.batcher.queue_limit:
+        raise _Refused(proof_error("OVERLOADED", f"the validator is at capacity ({service.batcher.depth:,} proofs "
+                                   f"are waiting); retry shortly", 503, {"Retry-After": "1"}), "overloaded")
+
+
+@contextlib.contextmanager
+def _parsing_budget(service: Service, request: Request):
+    """Reserve the bytes a bulk body may take (its declared length, else the limit) for as long as
+    it is read and parsed; refuse the request when the reservation does not fit."""
+    declared = request.headers.get("content-length", "")
+    limit = service.options.max_bulk_bytes
+    size = min(int(declared), limit) if declared.isdigit() and len(declared) < 19 else limit
+    if service.parsing_bytes and service.parsing_bytes + size > service.options.parsing_bytes:
+        raise _Refused(proof_error("OVERLOADED", "too many large requests are being read; retry shortly", 503,
+                                   {"Retry-After": "1"}), "overloaded")
+    service.parsing_bytes += size
+    try:
+        yield
+    finally:
+        service.parsing_bytes -= size
+
+
 @_refusals
 async def submit_many(request: Request, service: Service) -> Response:
     """POST /proofs: a JSON array, NDJSON or an Arrow IPC stream of proofs; one verdict per row, in
@@ -193,13 +256,20 @@ async def submit_many(request: Request, service: Service) -> Response:
     arrived = dt.datetime.now(dt.timezone.utc)
     client = request.client.host if request.client else "unknown"
     _limit(service.ip_limit, client, "client address")
-    body = await _body(request, service.options.max_bulk_bytes)
+    _queue_room(service)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    try:
-        rows = await asyncio.to_thread(_bulk_rows, body, kind, arrived)
-    except (ProofSourceError, pa.ArrowInvalid, orjson.JSONDecodeError, ValueError) as err:
-        raise _Refused(proof_error(Code.INVALID_PAYLOAD.name, f"cannot read the proofs: {brief(err)}", 400),
-                       "bad_json") from None
+    max_rows = min(service.options.max_bulk_rows, service.batcher.queue_limit)
+    with _parsing_budget(service, request):
+        body = await _body(request, service.options.max_bulk_bytes)
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(
+                service.parsing, _bulk_rows, body, kind, arrived, max_rows)
+        except RowLimitExceeded as err:
+            raise _Refused(proof_error(Code.INVALID_PAYLOAD.name, str(err), 413), "too_many_rows") from None
+        except ProofSourceError as err:
+            raise _Refused(proof_error(Code.INVALID_PAYLOAD.name, f"cannot read the proofs: {err}", 400),
+                           "bad_json") from None
+        del body
     if rows.num_rows == 0:
         verdicts = VERDICT_SCHEMA.empty_table()
     else:
@@ -213,12 +283,8 @@ async def submit_many(request: Request, service: Service) -> Response:
     return Response(lines, media_type=NDJSON)
 
 
-def _bulk_rows(body: bytes, kind: str, arrived: dt.datetime) -> pa.Table:
-    if kind == ARROW_STREAM or body[:4] == b"\xff\xff\xff\xff":
-        table = ipc.open_stream(io.BytesIO(body)).read_all()
-        rows = read_proofs(table)
-    else:
-        rows = read_proofs(body if body.strip() else [])
+def _bulk_rows(body: bytes, kind: str, arrived: dt.datetime, max_rows: int) -> pa.Table:
+    rows = read_untrusted(body, kind, max_rows)
     stamp = pa.array([arrived] * rows.num_rows, pa.timestamp("ms", tz="UTC"))
     return rows.select(PROOF_COLUMNS).set_column(PROOF_COLUMNS.index("received_at"), "received_at", stamp)
 
@@ -234,10 +300,12 @@ async def proof_config(request: Request) -> Response:
 
 def _database_ok(service: Service) -> tuple[bool, str | None]:
     try:
-        service.db.client.admin.command("ping")
+        with pymongo.timeout(2.0):
+            service.db.client.admin.command("ping")
         return True, None
-    except Exception as err:  # any failure to reach it is the answer
-        return False, brief(err)
+    except Exception as err:  # any failure to reach it is the answer; what failed goes to the log
+        log.warning("the database did not answer a ping: %s", err)
+        return False, "the database did not answer a ping"
 
 
 def health(request: Request) -> Response:

@@ -6,7 +6,7 @@ answered when its batch's transaction is done, with its own verdict rows.
 A request is a group of rows (one for `POST /proof/submit`, many for `POST /proofs`); a group never
 spans two batches, and a group larger than the batch size is a batch of its own. The queue is
 bounded in rows: `submit` raises `Overloaded` when a request would exceed it, before anything is
-queued. `stop` closes the open batch, answers everything that was accepted and waits for the last
+queued, even into an empty queue (so one request never holds more rows than the queue may). `stop` closes the open batch, answers everything that was accepted and waits for the last
 commit: nothing accepted is left half done.
 """
 
@@ -101,7 +101,7 @@ class LiveBatcher:
         if self._stopping:
             raise ShuttingDown("the service is shutting down")
         request = _Request(rows, time.monotonic(), asyncio.get_running_loop().create_future())
-        if self._waiting_rows + request.count > self.queue_limit and self._waiting:
+        if self._waiting_rows + request.count > self.queue_limit:
             raise Overloaded(f"{self._waiting_rows:,} proofs are waiting (queue limit {self.queue_limit:,})")
         self._waiting.append(request)
         self._waiting_rows += request.count

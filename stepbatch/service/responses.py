@@ -51,5 +51,7 @@ def api_ok(result) -> JSON:
     return JSON({"ok": True, "result": result, "timestamp": iso_now()})
 
 
-def api_error(code: str, message: str, status: int = 400) -> JSON:
-    return JSON({"ok": False, "error": {"code": code, "message": message}, "timestamp": iso_now()}, status)
+def api_error(code: str, message: str, status: int = 400, headers: dict | None = None) -> JSON:
+    """`{"ok": false, "error": {"code", "message"}, "timestamp"}` (the mesh and account routes' shape)."""
+    return JSON({"ok": False, "error": {"code": code, "message": message}, "timestamp": iso_now()}, status,
+                headers)

@@ -203,12 +203,23 @@ def stored_table(outcome: BatchOutcome) -> pa.Table:
     subdivided = np.zeros(verdicts.num_rows, bool)
     subdivided[outcome.subdivided_rows] = True
     columns = {name: verdicts.column(name) for name in VERDICT_SCHEMA.names}
-    columns.update(account_key=pc.utf8_lower(verdicts.column("account")), subdivided=pa.array(subdivided),
+    columns.update(account_key=attributed_account(verdicts), subdivided=pa.array(subdivided),
                    ts_ms=proofs.column("ts_ms"), timestamp=proofs.column("timestamp"),
                    lat=proofs.column("lat"), lon=proofs.column("lon"), accuracy=proofs.column("accuracy"),
                    signature=proofs.column("signature"))
     arrays = [bounded(columns[f.name]) if f.name in _TEXT else columns[f.name] for f in STORED_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=STORED_SCHEMA)
+
+
+# Codes given before the signature was found to recover to the account: such a row may name any
+# account, so it is kept in its batch's verdicts but never in that account's history.
+_UNSIGNED_CODES = pa.array([code.name for code in Code if 0 < code <= Code.BAD_SIGNATURE])
+
+
+def attributed_account(verdicts: pa.Table) -> pa.Array:
+    """The lower-case account of each row whose signature recovered to it, else null."""
+    signed = pc.invert(pc.is_in(verdicts.column("code"), value_set=_UNSIGNED_CODES))
+    return pc.if_else(signed, pc.utf8_lower(verdicts.column("account")), pa.scalar(None, pa.string()))
 
 
 def verdict_chunks(outcome: BatchOutcome, seq: int) -> list[dict]:
