@@ -59,19 +59,28 @@ def register(subparsers) -> None:
                         help="comma-separated web origins that may call the API from a browser; * any "
                              "(no credentials are used), an empty string none (*)")
     parser.add_argument("--db", default=None, help="database name (default: $STEPBATCH_DB or step)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="info logs one line per batch (info)")
+    parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                        help="info logs one JSON line per batch and per request (default: $LOG_LEVEL, "
+                             "else info; LOG_FORMAT=json|text chooses the lines' form)")
+    parser.add_argument("--archive", default=None, metavar="DIR",
+                        help="archive every committed batch in DIR, before its requests are answered, "
+                             "for `stepbatch db restore --archive` (put it on another disk than the database)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from stepbatch import logs
     from stepbatch.config import Config
     from stepbatch.service import server
     from stepbatch.service.app import ServiceOptions, create_app
     from stepbatch.store.mongo import MongoStore
     from stepbatch.validator import Validator
 
-    logging.getLogger("stepbatch.service").setLevel(args.log_level.upper())
+    try:
+        logs.configure(level=args.log_level)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    args.log_level = logging.getLevelName(logging.getLogger("stepbatch").level).lower()
     config = Config.from_env(mongodb_uri=args.mongodb_uri, db_name=args.db)
     options = ServiceOptions(
         batch_size=args.batch_size, max_wait_ms=args.max_wait_ms, queue_limit=args.queue_limit,
@@ -79,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         read_timeout_s=args.read_timeout, cors_origins=tuple(_list(args.cors_origins)),
         ip_rate=args.rate_ip[0] if args.rate_ip else None, ip_burst=args.rate_ip[1] if args.rate_ip else None,
         account_rate=args.rate_account[0] if args.rate_account else None,
-        account_burst=args.rate_account[1] if args.rate_account else None)
+        account_burst=args.rate_account[1] if args.rate_account else None, archive_dir=args.archive)
     limits = server.ConnectionLimits(
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout, keep_alive_s=args.keep_alive,
         max_connections=args.max_connections, max_connections_per_ip=args.max_connections_per_ip)

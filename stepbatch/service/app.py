@@ -35,7 +35,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from stepbatch.batching import BatchPolicy
-from stepbatch import crypto
+from stepbatch import crypto, logs
 from stepbatch.ingest import ndjson
 from stepbatch.ingest.sources import ProofSourceError
 from stepbatch.ingest.untrusted import ARROW_STREAM, RowLimitExceeded, read_untrusted
@@ -48,6 +48,7 @@ from stepbatch.service.batcher import LiveBatcher, Overloaded, ShuttingDown
 from stepbatch.service.guard import CorsPolicy, Guard, http_error
 from stepbatch.service.limits import ReadGate, TokenBuckets, retry_after
 from stepbatch.service.metrics import ServiceMetrics
+from stepbatch.store.archive import BatchArchive
 from stepbatch.service.responses import JSON, STATUS_BY_CODE, iso_ms, proof_error, step_amount
 from stepbatch.store.base import StoreError
 from stepbatch.validator import Validator
@@ -73,6 +74,7 @@ class ServiceOptions:
     read_timeout_s: float = 5.0  # the longest a read route may work, its database calls included
     read_threads: int = 4
     cors_origins: tuple[str, ...] = ("*",)
+    archive_dir: str | None = None  # every committed batch archived here (stepbatch.store.archive)
 
 
 class Service:
@@ -84,8 +86,9 @@ class Service:
         self.db = validator.store.db
         self.options = options
         self.metrics = ServiceMetrics()
+        archive = BatchArchive(options.archive_dir) if options.archive_dir else None
         self.batcher = LiveBatcher(validator, BatchPolicy.of(options.batch_size, options.max_wait_ms),
-                                   options.queue_limit, self.metrics)
+                                   options.queue_limit, self.metrics, archive=archive)
         self.ip_limit = TokenBuckets(options.ip_rate, options.ip_burst) if options.ip_rate else None
         self.account_limit = TokenBuckets(options.account_rate, options.account_burst) if options.account_rate else None
         self.reads = ReadGate(options.read_threads)
@@ -181,6 +184,7 @@ def _refusals(handler):
 async def submit(request: Request, service: Service) -> Response:
     """POST /proof/submit: one proof in the API shape; answered when its batch is committed."""
     arrived = dt.datetime.now(dt.timezone.utc)
+    request_id = logs.request_id(request.headers.get("x-request-id"))
     client = request.client.host if request.client else "unknown"
     _limit(service.ip_limit, client, "client address")
     _queue_room(service)
@@ -202,6 +206,8 @@ async def submit(request: Request, service: Service) -> Response:
     document["received_at"] = iso_ms(arrived)
     answer = await _queued(service, [document])
     row = answer.verdicts.to_pylist()[0]
+    logs.event(log, "proof", request_id=request_id, batch_id=answer.batch_id, account=row["account"],
+               nonce=row["nonce"], code=row["code"])
     if row["code"] != Code.ACCEPTED.name:
         return proof_error(row["code"], _ROW_PREFIX.sub("", row["message"]), STATUS_BY_CODE[row["code"]])
     triangle_id = row["triangle_id"]
@@ -254,6 +260,7 @@ async def submit_many(request: Request, service: Service) -> Response:
     """POST /proofs: a JSON array, NDJSON or an Arrow IPC stream of proofs; one verdict per row, in
     order, as NDJSON (or an Arrow IPC stream when the Accept header asks for one)."""
     arrived = dt.datetime.now(dt.timezone.utc)
+    request_id = logs.request_id(request.headers.get("x-request-id"))
     client = request.client.host if request.client else "unknown"
     _limit(service.ip_limit, client, "client address")
     _queue_room(service)
@@ -273,7 +280,9 @@ async def submit_many(request: Request, service: Service) -> Response:
     if rows.num_rows == 0:
         verdicts = VERDICT_SCHEMA.empty_table()
     else:
-        verdicts = (await _queued(service, rows)).verdicts
+        answer = await _queued(service, rows)
+        verdicts = answer.verdicts
+        logs.event(log, "proofs", request_id=request_id, batch_id=answer.batch_id, rows=verdicts.num_rows)
     if ARROW_STREAM in request.headers.get("accept", ""):
         sink = pa.BufferOutputStream()
         with ipc.new_stream(sink, verdicts.schema) as writer:

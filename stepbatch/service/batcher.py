@@ -17,7 +17,6 @@ import collections
 import dataclasses
 import datetime as dt
 import itertools
-import json
 import logging
 import time
 import uuid
@@ -25,11 +24,13 @@ import uuid
 import numpy as np
 import pyarrow as pa
 
+from stepbatch import logs
 from stepbatch.batching import BatchPolicy
 from stepbatch.ingest.sources import read_proofs
 from stepbatch.pipeline import Pipeline
 from stepbatch.protocol import Code
 from stepbatch.schema import PROOF_COLUMNS
+from stepbatch.store.archive import BatchArchive
 from stepbatch.validator import BatchResult, Validator
 from stepbatch.verdicts import balances_after
 
@@ -67,8 +68,9 @@ class _Request:
 
 class LiveBatcher:
     def __init__(self, validator: Validator, policy: BatchPolicy, queue_limit: int, metrics=None,
-                 run_id: str | None = None):
+                 run_id: str | None = None, archive: BatchArchive | None = None):
         self.validator = validator
+        self.archive = archive
         self.policy = policy
         self.queue_limit = queue_limit
         self.metrics = metrics
@@ -190,7 +192,21 @@ class LiveBatcher:
             # were waiting behind it have been answered with the error, and the service goes on.
             self._pipeline.close()
             self._pipeline = Pipeline(self.validator)
-        return self._pipeline.submit(table, batch_id, batch_time_ms)
+        future = self._pipeline.submit(table, batch_id, batch_time_ms)
+        if self.archive is not None:
+            # Added before the event loop's callback, so it runs first, on the committer's thread:
+            # a batch is archived before any of its requests is answered.
+            future.add_done_callback(lambda done: self._archived(done, table, batch_id, batch_time_ms))
+        return future
+
+    def _archived(self, done, table: pa.Table, batch_id: str, batch_time_ms: int) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        try:
+            self.archive.write(done.result().outcome.prior.seq + 1, batch_id, batch_time_ms, table)
+        except OSError as err:
+            logs.event(log, "archive_failed", logging.ERROR, batch_id=batch_id, error=str(err)[:300])
+            logs.report_batch_failure(err, batch_id, _proof_ids(table))
 
     def _answer(self, requests: list[_Request], batch_id: str, done: asyncio.Future, closed_s: float) -> None:
         self._in_flight.discard(done)
@@ -211,7 +227,8 @@ class LiveBatcher:
         self._observe(result, batch_id, closed_s)
 
     def _failed(self, requests: list[_Request], batch_id: str, err: BaseException) -> None:
-        log.error(json.dumps({"event": "batch_failed", "batch": batch_id, "error": str(err)[:300]}))
+        logs.event(log, "batch_failed", logging.ERROR, batch_id=batch_id, error=str(err)[:300])
+        logs.report_batch_failure(err, batch_id, _request_proof_ids(requests))
         if self.metrics is not None:
             self.metrics.db_errors.inc()
         for request in requests:
@@ -228,10 +245,9 @@ class LiveBatcher:
                 self.metrics.proofs.labels(code=code).inc(count)
         self.last_batch = {"batchId": batch_id, "rows": result.verdicts.num_rows,
                            "committedAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")}
-        log.info(json.dumps({"event": "batch", "batch": batch_id, "rows": result.verdicts.num_rows,
-                             "counts": result.counts, "validate_ms": round(validate_s * 1000, 1),
-                             "commit_ms": round(timings.get("commit", 0.0) * 1000, 1),
-                             "total_ms": round((time.monotonic() - closed_s) * 1000, 1)}))
+        logs.event(log, "batch", batch_id=batch_id, rows=result.verdicts.num_rows, counts=result.counts,
+                   validate_ms=round(validate_s * 1000, 1), commit_ms=round(timings.get("commit", 0.0) * 1000, 1),
+                   total_ms=round((time.monotonic() - closed_s) * 1000, 1))
 
     def _gauge(self) -> None:
         if self.metrics is not None:
@@ -253,3 +269,24 @@ def _batch_table(requests: list[_Request]) -> pa.Table:
         parts.append(read_proofs(documents))
     return pa.concat_tables([part.select(PROOF_COLUMNS) for part in parts])
 
+
+def _proof_ids(table: pa.Table) -> list[str]:
+    """`account:nonce` of the batch's first proofs, for an error report."""
+    head = table.slice(0, logs.PROOF_IDS_REPORTED)
+    return [f"{account}:{nonce}" for account, nonce in zip(head.column("account").to_pylist(),
+                                                           head.column("nonce").to_pylist())]
+
+
+def _request_proof_ids(requests: list[_Request]) -> list[str]:
+    ids: list[str] = []
+    for request in requests:
+        if isinstance(request.rows, pa.Table):
+            ids += _proof_ids(request.rows)
+        else:
+            for row in request.rows:
+                fields = row.get("payload", row) if isinstance(row, dict) else {}
+                fields = fields if isinstance(fields, dict) else {}
+                ids.append(f"{fields.get('account')}:{fields.get('nonce')}")
+        if len(ids) >= logs.PROOF_IDS_REPORTED:
+            break
+    return ids[:logs.PROOF_IDS_REPORTED]
