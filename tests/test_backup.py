@@ -5,30 +5,27 @@ under load backed up, killed, its data directory deleted, restored and replayed.
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
-import signal
-import subprocess
-import sys
+import hashlib
+import random
+import shutil
 import threading
-import time
 
 import httpx
 import pymongo
 import pytest
 
-from stepbatch import Validator
+from stepbatch import Validator, mesh
 from stepbatch.cli import main
 from stepbatch.config import Config
 from stepbatch.mesh.regions import IdRegion
 from stepbatch.store import backup as backups
 from stepbatch.store.archive import BatchArchive, archived_batches, replay_archive
-from stepbatch.store.embedded import EmbeddedServer
+from stepbatch.store.embedded import LOCK_NAME, EmbeddedServer, lock_holder
 from stepbatch.store.mongo import MongoStore
 from stepbatch.store.statedigest import event_log_mismatches, state_digest
 from stepbatch.tools import gen
-from tests.processes import ROOT, server_process, wait_until
+from tests.processes import server_process, wait_until
+from tests.test_service import LEVEL, REGION, proof
 
 pytestmark = pytest.mark.mongo
 
@@ -145,3 +142,90 @@ def test_restore_refuses_a_database_that_is_not_empty_without_force(
     finally:
         with pymongo.MongoClient(mongo_uri) as client:
             client.drop_database(other)
+
+
+def _drill_proofs(n: int) -> list[dict]:
+    """`n` proofs of `n` accounts on triangles spread over the service test's region."""
+    rng = random.Random(24)
+    west, south, east, north = REGION.bbox
+    proofs = []
+    for i in range(n):
+        key = hashlib.sha256(b"stepbatch-drill-%d" % i).digest()
+        lat, lon = rng.uniform(south, north), rng.uniform(west, east)
+        proofs.append(proof(key, triangle_id=mesh.triangle_at(lat, lon, LEVEL), where=(lat, lon)))
+    return proofs
+
+
+class _Load:
+    """Proofs posted by a few client threads until `stop()`; `answered` counts the answers."""
+
+    def __init__(self, url: str, proofs: list[dict], clients: int = 6):
+        self.answered = 0
+        self._proofs = iter(proofs)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.errors: list[str] = []
+        self._threads = [threading.Thread(target=self._post, args=(url,)) for _ in range(clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def _post(self, url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while not self._stopping.is_set():
+                with self._lock:
+                    document = next(self._proofs, None)
+                if document is None:
+                    return
+                answer = client.post("/proof/submit", json=document)
+                with self._lock:
+                    self.answered += 1
+                    if answer.status_code >= 500:
+                        self.errors.append(answer.text)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(120)
+
+
+@pytest.mark.slow
+def test_the_drill_restores_a_killed_services_database_and_replays_to_its_state(tmp_path, capsys):
+    data_dir, archive, backup_dir = tmp_path / "data", tmp_path / "archive", tmp_path / "backup"
+    # The embedded server of the data directory, whatever MONGODB_URI the suite runs with.
+    env = {"STEPBATCH_DATA_DIR": str(data_dir), "MONGODB_URI": "", "STEPBATCH_SIGNATURE_THREADS": "1"}
+    args = ["serve", "--port", "0", "--archive", str(archive), "--batch-size", "40", "--max-wait-ms", "20"]
+    proofs = _drill_proofs(700)
+    load = None
+    with server_process(args, env=env) as service:
+        attached = EmbeddedServer(data_dir / "db").start()
+        try:
+            with MongoStore(attached.uri, "step", config=CONFIG) as store:
+                store.declare(REGION)
+                load = _Load(service.url, proofs)
+                wait_until(lambda: load.answered >= 200, timeout_s=120, what="200 answered proofs")
+                assert main(["db", "backup", str(backup_dir), "--data-dir", str(data_dir / "db")]) == 0
+                backed_up_at = load.answered
+                wait_until(lambda: load.answered >= backed_up_at + 200, timeout_s=120,
+                           what="200 more answered proofs")
+                load.stop()
+                assert not load.errors, load.errors[:3]
+                expected = state_digest(store.db)
+                answered = int(store.db.batches.count_documents({}))
+        finally:
+            if load is not None:
+                load.stop()
+            attached.close()
+        service.process.kill()
+        service.wait()
+    wait_until(lambda: lock_holder(data_dir / "db" / LOCK_NAME) is None, what="the database server to die")
+    shutil.rmtree(data_dir / "db")
+    capsys.readouterr()
+
+    manifest = backups.read_manifest(backup_dir)
+    lacking = archived_batches(archive, manifest["seq"])
+    assert lacking and manifest["collections"]["batches"]["documents"] + len(lacking) == answered
+    code = main(["db", "restore", str(backup_dir), "--data-dir", str(data_dir / "db"), "--archive", str(archive)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"replayed {len(lacking):,} archived batches" in out
+    assert out.strip().endswith(f"state digest {expected}"), out

@@ -217,7 +217,10 @@ class LiveBatcher:
         committed_at = dt.datetime.now(dt.timezone.utc)
         balances = balances_after(result.verdicts, result.outcome)
         first = 0
+        answered_s = time.monotonic()
         for request in requests:
+            if self.metrics is not None:
+                self.metrics.answered.observe(answered_s - request.arrival_s)
             n = request.count
             verdicts = result.verdicts.slice(first, n)
             verdicts = verdicts.set_column(0, "index", pa.array(np.arange(n, dtype=np.int64)))

@@ -22,6 +22,8 @@ class ServiceMetrics:
                                   buckets=_LATENCY_BUCKETS_S, registry=r)
         self.commit = Histogram("stepbatch_commit_seconds", "Time to commit a batch (one transaction)",
                                 buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.answered = Histogram("stepbatch_answer_seconds", "From a request's arrival in the batcher to its "
+                                  "answer with committed verdicts", buckets=_LATENCY_BUCKETS_S, registry=r)
         self.queue_depth = Gauge("stepbatch_queue_depth", "Proofs waiting for a batch", registry=r)
         self.db_errors = Counter("stepbatch_db_errors", "Batches that failed in the database", registry=r)
         self.refused = Counter("stepbatch_http_refused", "Requests refused before validation, by reason",
