@@ -13,7 +13,6 @@ without it the map draws the triangles over a plain background.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import pathlib
@@ -44,21 +43,51 @@ or point <code>STEPBATCH_WEB_DIR</code> at a built copy, then reload this page.<
 
 @dataclasses.dataclass(frozen=True)
 class Site:
-    """Where the bundle is and which basemap the page draws, read once from the environment."""
+    """Where the bundle is and which basemap the page draws."""
 
     directory: pathlib.Path
-    tile_url: str | None
-    tile_origin: str | None
-    tile_attribution: str | None
+    tile_url: str | None = None
+    tile_attribution: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Site:
+        """`$STEPBATCH_WEB_DIR`, else the virtualenv's share/stepbatch/web; `$STEPBATCH_TILE_URL` and
+        `$STEPBATCH_TILE_ATTRIBUTION`. A tile URL a policy cannot name is left out, with a warning."""
+        configured = os.environ.get("STEPBATCH_WEB_DIR")
+        directory = pathlib.Path(configured) if configured else pathlib.Path(sys.prefix) / "share" / "stepbatch" / "web"
+        template = os.environ.get("STEPBATCH_TILE_URL", "").strip() or None
+        if template:
+            try:
+                tile_origin(template)
+            except ValueError as err:
+                log.warning("%s; the map is drawn without tiles", err)
+                template = None
+        return cls(directory, template, os.environ.get("STEPBATCH_TILE_ATTRIBUTION") or None)
 
     @property
     def built(self) -> bool:
         return (self.directory / "index.html").is_file()
 
-
-def bundle_directory() -> pathlib.Path:
-    configured = os.environ.get("STEPBATCH_WEB_DIR")
-    return pathlib.Path(configured) if configured else pathlib.Path(sys.prefix) / "share" / "stepbatch" / "web"
+    def headers(self, request: Request) -> dict[str, str]:
+        """The headers of every response of the page and its bundle."""
+        images = " ".join(["'self'", "data:", *([tile_origin(self.tile_url)] if self.tile_url else [])])
+        headers = {
+            "Content-Security-Policy": (
+                "default-src 'none'; script-src 'self'; style-src 'self'; "
+                f"img-src {images}; connect-src 'self'; manifest-src 'self'; "
+                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"),
+            "X-Content-Type-Options": "nosniff",
+            "X-Frame-Options": "DENY",
+            "Referrer-Policy": "no-referrer",
+            "Permissions-Policy": "geolocation=(self), camera=(), microphone=(), payment=(), usb=()",
+            "Cross-Origin-Opener-Policy": "same-origin",
+            "Cross-Origin-Resource-Policy": "same-origin",
+            # Revalidated on every load (ETag), so a phone never keeps running an old bundle.
+            "Cache-Control": "no-cache",
+        }
+        if request.url.scheme == "https":
+            headers["Strict-Transport-Security"] = "max-age=31536000"
+        return headers
 
 
 def tile_origin(template: str) -> str:
@@ -71,69 +100,38 @@ def tile_origin(template: str) -> str:
     return f"{match[1]}://{match[2].replace('{s}', '*')}"
 
 
-@functools.cache
-def site() -> Site:
-    template = os.environ.get("STEPBATCH_TILE_URL", "").strip() or None
-    origin = None
-    if template:
-        try:
-            origin = tile_origin(template)
-        except ValueError as err:
-            log.warning("%s; the map is drawn without tiles", err)
-            template = None
-    return Site(bundle_directory(), template, origin, os.environ.get("STEPBATCH_TILE_ATTRIBUTION") or None)
-
-
-def security_headers(request: Request) -> dict[str, str]:
-    images = " ".join(["'self'", "data:", *([site().tile_origin] if site().tile_origin else [])])
-    headers = {
-        "Content-Security-Policy": (
-            "default-src 'none'; script-src 'self'; style-src 'self'; "
-            f"img-src {images}; connect-src 'self'; manifest-src 'self'; "
-            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"),
-        "X-Content-Type-Options": "nosniff",
-        "X-Frame-Options": "DENY",
-        "Referrer-Policy": "no-referrer",
-        "Permissions-Policy": "geolocation=(self), camera=(), microphone=(), payment=(), usb=()",
-        "Cross-Origin-Opener-Policy": "same-origin",
-        "Cross-Origin-Resource-Policy": "same-origin",
-        # Revalidated on every load (ETag), so a phone never keeps running an old bundle.
-        "Cache-Control": "no-cache",
-    }
-    if request.url.scheme == "https":
-        headers["Strict-Transport-Security"] = "max-age=31536000"
-    return headers
-
-
 class _Bundle(StaticFiles):
-    """The built files, each answered with the page's security headers."""
+    """The built files, each answered with the page's headers."""
+
+    def __init__(self, site: Site):
+        super().__init__(directory=site.directory, check_dir=False)
+        self.site = site
 
     async def check_config(self) -> None:
-        # A bundle that is not built is answered at `/` with words, and with 404 here.
+        # A bundle that was not built is answered at `/` with words, and with 404 here.
         return None
 
     def file_response(self, full_path, stat_result, scope, status_code: int = 200) -> Response:
         response = super().file_response(full_path, stat_result, scope, status_code)
-        response.headers.update(security_headers(Request(scope)))
+        response.headers.update(self.site.headers(Request(scope)))
         return response
 
 
-def index(request: Request) -> Response:
-    here = site()
-    if not here.built:
-        return HTMLResponse(NOT_BUILT.format(directory=here.directory), 503, headers=security_headers(request))
-    return FileResponse(here.directory / "index.html", headers=security_headers(request))
+def routes(site: Site) -> list:
+    """`/` (the page, or words saying it was not built), `/app/settings.json` and the bundle under `/app/`."""
+
+    def index(request: Request) -> Response:
+        if not site.built:
+            return HTMLResponse(NOT_BUILT.format(directory=site.directory), 503, headers=site.headers(request))
+        return FileResponse(site.directory / "index.html", headers=site.headers(request))
+
+    def settings(request: Request) -> Response:
+        """What the page needs to know about this server beyond the API: the basemap, if any."""
+        return JSON({"tileUrl": site.tile_url, "tileAttribution": site.tile_attribution, "built": site.built},
+                    headers=site.headers(request))
+
+    return [Route("/", index, methods=["GET", "HEAD"]), Route("/app/settings.json", settings),
+            Mount("/app", app=_Bundle(site), name="web")]
 
 
-def settings(request: Request) -> Response:
-    """What the page needs to know about this server beyond the API: the basemap, if any."""
-    here = site()
-    return JSON({"tileUrl": here.tile_url, "tileAttribution": here.tile_attribution, "built": here.built},
-                headers=security_headers(request))
-
-
-ROUTES = [
-    Route("/", index, methods=["GET", "HEAD"]),
-    Route("/app/settings.json", settings),
-    Mount("/app", app=_Bundle(directory=bundle_directory(), check_dir=False), name="web"),
-]
+ROUTES = routes(Site.from_env())

@@ -5,12 +5,14 @@ import "./style.css";
 import { api, Offline } from "./api.js";
 import { activeTriangle, sideM, watchPosition } from "./locate.js";
 import { MeshMap } from "./map.js";
+import { forgetRefusals, mergedHistory, rememberRefusal } from "./history.js";
 import { buildPayload, distanceM, signProof, waitBeforeProof } from "./proof.js";
 import * as view from "./view.js";
 import { $ } from "./view.js";
 import { connectInjected, createWallet, exportKey, forgetWallet, importWallet, restoreWallet } from "./wallet.js";
 
 const REFRESH_MS = 15000;
+const HISTORY_LENGTH = 20;
 const state = {
   settings: {}, config: null, wallet: null, account: null, history: [], position: null, positionError: null,
   active: null, online: navigator.onLine, offlineReason: "", answer: null, busy: false, signed: null,
@@ -58,6 +60,7 @@ function renderHere() {
   view.renderTriangle(state.active, state.config);
   const verdict = verdictNow();
   view.renderMineable(verdict);
+  map?.setMineable(verdict.mineable);
   $("submit").disabled = !(state.wallet && state.position && state.active && !state.active.none && state.online && !state.busy);
   return verdict;
 }
@@ -96,10 +99,10 @@ function refreshMesh() {
 async function refreshAccount() {
   if (!state.wallet) return;
   const address = state.wallet.address;
-  const [account, history] = await reach(() => Promise.all([api.account(address), api.history(address, 20)]));
+  const [account, history] = await reach(() => Promise.all([api.account(address), api.history(address, HISTORY_LENGTH)]));
   if (state.wallet?.address !== address) return;
   state.account = account;
-  state.history = history.proofs;
+  state.history = mergedHistory(address, history.proofs, HISTORY_LENGTH);
   view.renderWallet(state.wallet, account);
   view.renderHistory(state.history, state.config);
   renderHere();
@@ -123,6 +126,7 @@ async function submitProof() {
     } catch (err) {
       state.answer = err instanceof Offline ? { ok: false, code: "OFFLINE", message: err.message } : { ok: false, code: "INTERNAL", message: err.message };
     }
+    rememberRefusal(signed.proof, state.answer);
     view.renderAnswer(state.answer, state.config);
   } finally {
     state.busy = false;
@@ -164,6 +168,7 @@ function bindControls() {
   $("copy-key").addEventListener("click", () => navigator.clipboard?.writeText($("exported-key").value));
   $("forget-wallet").addEventListener("click", () => {
     if (window.confirm("Forget this wallet? Without its exported key, its STEP are lost.")) {
+      forgetRefusals(state.wallet.address);
       forgetWallet();
       useWallet(null);
     }

@@ -45,24 +45,39 @@ export class MeshMap {
   // whether a proof there would be accepted now. Triangles not in the mesh are left out.
   showTriangles({ coarse, around, current, mineable, subdivideAt }) {
     this.triangles.clearLayers();
-    for (const triangle of coarse.filter((t) => t.exists)) {
+    this.current = null;
+    const existing = (triangles) => triangles.filter((t) => t.exists);
+    for (const triangle of existing(coarse).filter((t) => t.state !== "subdivided")) {
       this.draw(triangle, `tri tri-coarse tri-${triangle.state}`);
     }
-    for (const triangle of around.filter((t) => t.exists)) {
+    for (const triangle of existing(around)) {
       const here = triangle.triangleId === current;
-      const status = here ? (mineable ? " tri-mineable" : " tri-waiting") : "";
-      const layer = this.draw(triangle, `tri tri-${triangle.state}${here ? " tri-current" : ""}${status}`);
+      const layer = this.draw(triangle, `tri tri-${triangle.state}${here ? " tri-current" : ""}`);
+      if (here) this.current = layer;
       if (here || triangle.clicks > 0) {
         const text = triangle.state === "active" ? `${triangle.clicks}/${subdivideAt}` : triangle.state;
         layer.bindTooltip(label(text), { permanent: true, direction: "center", className: "clicks" });
       }
     }
+    // A subdivided parent is outlined over its children, so the split shows.
+    for (const triangle of existing(coarse).filter((t) => t.state === "subdivided")) {
+      this.draw(triangle, "tri tri-coarse tri-subdivided").bringToFront();
+    }
+    this.setMineable(mineable);
     const level = around[0]?.level;
-    if (around.length && level !== this.framedLevel) {
-      // Frame the active level once per level: a subdivision zooms in on the children.
-      this.map.fitBounds(L.featureGroup(around.map((t) => L.polygon(ring(t.polygon)))).getBounds(), { padding: [8, 8] });
+    const yours = around.find((t) => t.triangleId === current);
+    if (yours && level !== this.framedLevel) {
+      // Framed once per level, on the phone's triangle and its neighbours: a subdivision zooms in.
+      this.map.fitBounds(L.polygon(ring(yours.polygon)).getBounds().pad(1.2));
       this.framedLevel = level;
     }
+  }
+
+  // The phone's triangle turns from "wait" to "mineable" when the moratorium ends, without a redraw.
+  setMineable(mineable) {
+    const path = this.current?.getElement();
+    path?.classList.toggle("tri-mineable", mineable);
+    path?.classList.toggle("tri-waiting", !mineable);
   }
 
   draw(triangle, className) {

@@ -113,7 +113,7 @@ export function renderHistory(proofs, config) {
     detail.className = "detail";
     detail.textContent = proof.accepted
       ? `+${proof.reward} STEP · click ${proof.clickNumber}`
-      : `${inWords(proof.code, config)} ${proof.message}`;
+      : `${inWords(proof.code, config)} ${proof.message}${proof.onlyHere ? " (kept on this phone only)" : ""}`;
     item.append(head, detail);
     return item;
   });
