@@ -15,6 +15,7 @@ What is refused raises `RowLimitExceeded` (too many rows) or `ProofSourceError` 
 
 from __future__ import annotations
 
+import json
 import struct
 
 import numpy as np
@@ -59,10 +60,17 @@ def read_untrusted(body: bytes, kind: str, max_rows: int) -> pa.Table:
             raise ProofSourceError(f"not valid JSON here: nested deeper than {ndjson.MAX_DEPTH} levels")
         try:
             document = orjson.loads(text)
-        except orjson.JSONDecodeError as err:
-            raise ProofSourceError(f"not valid JSON: {err}") from None
+        except orjson.JSONDecodeError:
+            document = _python_json(text)  # what orjson refuses but JSON allows: integers past 64 bits
         return _finish(document, np.arange(1, len(document) + 1) if isinstance(document, list) else None, "row")
     return _ndjson(text, max_rows)
+
+
+def _python_json(text: bytes):
+    try:
+        return json.loads(text)  # safe at this depth (see ndjson.too_deep)
+    except (ValueError, RecursionError) as err:
+        raise ProofSourceError(f"not valid JSON: {' '.join(str(err).split())[:200]}") from None
 
 
 def _whole_value(line: bytes) -> bool:
@@ -72,7 +80,7 @@ def _whole_value(line: bytes) -> bool:
     try:
         orjson.loads(line)
     except orjson.JSONDecodeError:
-        return False
+        return not isinstance(ndjson.decode_value(line), ndjson.BadLine)
     return True
 
 
@@ -154,27 +162,29 @@ def _check_type(name: str, kind: pa.DataType) -> None:
 def _decoded(table: pa.Table, budget_bytes: int) -> pa.Table:
     """The table with dictionary-encoded fields decoded, once their values are known to fit in
     `budget_bytes`: a few short dictionary entries may stand for any number of long strings."""
-    columns = []
-    for field, column in zip(table.schema, table.columns):
-        if pa.types.is_struct(field.type):
-            column = column.combine_chunks()
-            children = [_decoded(pa.table([column.field(i)], [column.type.field(i).name]), budget_bytes)
-                        for i in range(column.type.num_fields)]
-            column = pa.StructArray.from_arrays([child.column(0).combine_chunks() for child in children],
-                                                names=[child.column_names[0] for child in children],
-                                                mask=pc.invert(column.is_valid()))
-        elif pa.types.is_dictionary(field.type):
-            size = 0
-            for chunk in column.chunks:
-                if pa.types.is_string(chunk.dictionary.type) or pa.types.is_large_string(chunk.dictionary.type):
-                    lengths = pc.binary_length(chunk.dictionary).take(chunk.indices)
-                    size += int(pc.sum(lengths).as_py() or 0)
-            if size > budget_bytes:
-                raise ProofSourceError(f"column {field.name!r}: its dictionary decodes to more than "
-                                       f"{budget_bytes:,} bytes")
-            column = column.cast(field.type.value_type)
-        columns.append(column)
-    return pa.table(columns, names=table.column_names)
+    for i, field in enumerate(table.schema):
+        if pa.types.is_struct(field.type) or pa.types.is_dictionary(field.type):
+            table = table.set_column(i, field.name, _decoded_array(field.name, table.column(i).combine_chunks(),
+                                                                   budget_bytes))
+    return table
+
+
+def _decoded_array(name: str, array: pa.Array, budget_bytes: int) -> pa.Array:
+    if pa.types.is_struct(array.type):
+        children = [_decoded_array(array.type.field(i).name, array.field(i), budget_bytes)
+                    for i in range(array.type.num_fields)]
+        if all(child.type == array.type.field(i).type for i, child in enumerate(children)):
+            return array
+        names = [array.type.field(i).name for i in range(array.type.num_fields)]
+        return pa.StructArray.from_arrays(children, names=names, mask=pc.invert(array.is_valid()))
+    if not pa.types.is_dictionary(array.type):
+        return array
+    values = array.dictionary
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        size = pc.sum(pc.binary_length(values).take(array.indices)).as_py() or 0
+        if size > budget_bytes:
+            raise ProofSourceError(f"column {name!r}: its dictionary decodes to more than {budget_bytes:,} bytes")
+    return array.cast(array.type.value_type)
 
 
 _SCHEMA, _DICTIONARY_BATCH, _RECORD_BATCH = 1, 2, 3
