@@ -2,13 +2,40 @@
 
 `fastmath` stays off everywhere: verdicts must be bit-identical on every validator, and reassociated
 floating point would let two machines disagree on a point that sits on a triangle edge or a speed
-exactly at the limit. `cache=True` writes compiled kernels beside their source so a second process
-does not recompile.
+exactly at the limit. `cache=True` keeps compiled kernels on disk so a second process does not
+recompile. Numba keys a cached kernel by its own source file's time stamp only, so a kernel whose
+callee in another module changed would load stale machine code; the cache directory is therefore
+keyed by stepbatch's version, Numba's and NumPy's versions and a hash of every kernel source
+(`kernel_cache_dir`), unless NUMBA_CACHE_DIR names one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import os
+import pathlib
+
 import numba
+
+
+def kernel_cache_dir() -> str:
+    """Where compiled kernels are kept: one directory per (versions, kernel sources)."""
+    digest = hashlib.sha256()
+    for package in ("stepbatch", "numba", "llvmlite", "numpy"):
+        try:
+            digest.update(f"{package}={importlib.metadata.version(package)}\n".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{package}=?\n".encode())
+    for source in sorted(pathlib.Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    base = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
+    return str(base / "stepbatch" / "numba" / digest.hexdigest()[:24])
+
+
+# Set before any kernel is decorated: Numba picks a function's cache locator when it is decorated.
+if not os.environ.get("NUMBA_CACHE_DIR"):
+    numba.config.CACHE_DIR = kernel_cache_dir()
 
 _FLAGS = dict(nogil=True, cache=True, fastmath=False, error_model="numpy")
 

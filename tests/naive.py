@@ -27,6 +27,10 @@ from tests import naive_mesh
 REWARD_MICRO = [1000000, 500000, 250000, 125000, 62500, 31250, 15625, 7813, 3906, 1953, 977, 488, 244,
                 122, 61, 31, 15, 8, 4, 2, 1]
 MAX_LEVEL = 21
+# SPEC §4's check order: a verdict code's number (ACCEPTED = 0) is its place in the table.
+CODE_NUMBERS = {name: k for k, name in enumerate((
+    "ACCEPTED", "INVALID_PAYLOAD", "UNSUPPORTED_VERSION", "LOW_GPS_ACCURACY", "CLOCK_DRIFT", "BAD_SIGNATURE",
+    "NONCE_REPLAY", "TRIANGLE_NOT_FOUND", "TRIANGLE_NOT_ACTIVE", "OUT_OF_BOUNDS", "TOO_FAST", "MORATORIUM"))}
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 KEYS = KeyAPI(NativeECCBackend)
 TIMESTAMP = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|([+-])(\d\d):(\d\d))")
@@ -184,3 +188,16 @@ class NaiveValidator:
                     child = naive_mesh.encode_id(face, level + 1, tuple(path) + (digit,))
                     self.triangles.setdefault(child, {"state": "active", "clicks": 0})
         return ("ACCEPTED", reward, click, speed)
+
+
+def tx_results(verdicts, kinds: list[str], row_counts) -> list[tuple[int, str]]:
+    """(code, data) of each transaction of a block (SPEC §8) from the reference's verdict tuples: a
+    ProofBatch is code 0 with one `CODE:reward:click` line per proof; anything else is its one row's
+    code number and line."""
+    lines = [f"{code}:{reward}:{'' if click is None else click}" for code, reward, click, _ in verdicts]
+    out, first = [], 0
+    for kind, count in zip(kinds, row_counts):
+        mine = lines[first:first + int(count)]
+        first += int(count)
+        out.append((0, "\n".join(mine)) if kind == "batch" else (CODE_NUMBERS[mine[0].split(":")[0]], mine[0]))
+    return out

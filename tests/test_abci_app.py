@@ -24,7 +24,7 @@ from stepbatch.crypto import signing
 from stepbatch.mesh.regions import LevelRegion, Regions
 from stepbatch.protocol import Code, reward_micro
 from stepbatch.store.mongo import MongoStore
-from tests.naive import Gates, NaiveValidator
+from tests.naive import Gates, NaiveValidator, tx_results
 from tests.strategies import WORLD_CENTRE, point_in
 
 pytestmark = pytest.mark.mongo
@@ -164,18 +164,6 @@ def interaction_blocks(t: int = T0_MS) -> list[tuple[list[bytes], int]]:
     return [(first, t + 1_000), (second, t + 16_000)]
 
 
-def expected_results(rows, decoded: transactions.Decoded) -> list[tuple[int, str]]:
-    lines = [f"{code}:{reward}:{'' if click is None else click}" for code, reward, click, _ in rows]
-    out = []
-    for k, kind in enumerate(decoded.kinds):
-        mine = lines[decoded.rows_of(k)]
-        if kind == transactions.Kind.BATCH:
-            out.append((0, "\n".join(mine)))
-        else:
-            out.append((int(Code[mine[0].split(":")[0]]), mine[0]))
-    return out
-
-
 # ------------------------------------------------------------------------------------ mempool
 
 
@@ -220,7 +208,7 @@ def test_blocks_of_proofbatches_and_hostile_bytes_equal_the_one_by_one_reference
     for height, ((txs, at_ms), (rows, digest, decoded)) in enumerate(zip(blocks, expected), start=1):
         finalized = node.block(height, txs, at_ms)
         got = [(r.code, r.data.decode()) for r in finalized.tx_results]
-        assert got == expected_results(rows, decoded), height
+        assert got == tx_results(rows, decoded.kinds, decoded.row_count), height
         assert len(finalized.tx_results) == len(txs)
         assert finalized.app_hash != app_hash
         app_hash = finalized.app_hash
@@ -409,3 +397,25 @@ def test_the_socket_server_answers_every_request_type_without_an_exception(nodes
     finally:
         listener.shutdown()
         listener.server_close()
+
+
+def test_the_app_counts_blocks_verdicts_admissions_and_memo_lookups_in_its_metrics(nodes):
+    from prometheus_client import CollectorRegistry
+
+    from stepbatch.abci.metrics import AppMetrics
+
+    registry = CollectorRegistry()
+    node = nodes(metrics=AppMetrics(registry))
+    node.init()
+    here = mesh.triangle_at(*WORLD_CENTRE, LEVEL)
+    now = int(time.time() * 1000)
+    txs = [tx(proof(KEYS[0], here, "m1", now)), b"x"]
+    node.check(*txs)
+    node.block(1, txs, now)
+    value = registry.get_sample_value
+    assert value("stepbatch_abci_height") == 1
+    assert value("stepbatch_abci_proofs_total", {"code": "ACCEPTED"}) == 1
+    assert value("stepbatch_abci_proofs_total", {"code": "INVALID_PAYLOAD"}) == 1
+    assert value("stepbatch_abci_check_tx_total", {"result": "admitted"}) == 1
+    assert value("stepbatch_abci_check_tx_total", {"result": "refused"}) == 1
+    assert value("stepbatch_abci_signature_memo_hits_total") == 1  # CheckTx recovered it, the block did not

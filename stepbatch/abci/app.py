@@ -96,14 +96,17 @@ def _ms(timestamp) -> int:
 class StepApplication:
     def __init__(self, store: MongoStore, local: Config, faulty_speed_limit: float | None = None,
                  failpoints: dict[str, int] | None = None, memo_entries: int = MEMO_ENTRIES,
-                 on_fatal=end_process):
+                 on_fatal=end_process, byzantine_txs: list[bytes] = (), metrics=None):
         self.t = protos.load()
         self.store = store
         self.local = local
         self.faulty_speed_limit = faulty_speed_limit
+        self.byzantine_txs = list(byzantine_txs)  # a faulty proposer's: put into every block it proposes
         self.failpoints = dict(failpoints or {})
         self.on_fatal = on_fatal
+        self.metrics = metrics  # a `stepbatch.abci.metrics.AppMetrics`, or None
         self.memo = RecoveryMemo(memo_entries)
+        self._memo_seen = (0, 0)
         self.version = package_version()
         self.lock = threading.Lock()  # the consensus connection's state: engine, pending block, proposals
         self.mempool = Mempool(self)
@@ -194,7 +197,12 @@ class StepApplication:
         return self.check_tx_many([request])[0]
 
     def check_tx_many(self, requests) -> list:
-        return self.mempool.check_many(requests)
+        answers = self.mempool.check_many(requests)
+        if self.metrics is not None:
+            admitted = sum(answer.code == 0 for answer in answers)
+            self.metrics.check_tx.labels(result="admitted").inc(admitted)
+            self.metrics.check_tx.labels(result="refused").inc(len(answers) - admitted)
+        return answers
 
     # ---------------------------------------------------------------------------- proposals
 
@@ -208,8 +216,8 @@ class StepApplication:
             decoded = transactions.decode_all([txs[i] for i in unknown])
             never = np.isin(self.validator.stateless(decoded.proofs, None).code, NEVER_ACCEPTED)
             hopeless = {i for j, i in enumerate(unknown) if never[decoded.rows_of(j)].all()}
-        return self.t.ResponsePrepareProposal(txs=transactions.within_bytes(
-            [tx for i, tx in enumerate(txs) if i not in hopeless], request.max_tx_bytes))
+        kept = [tx for i, tx in enumerate(txs) if i not in hopeless] + self.byzantine_txs
+        return self.t.ResponsePrepareProposal(txs=transactions.within_bytes(kept, request.max_tx_bytes))
 
     def process_proposal(self, request):
         """Every well-formed block is accepted (bad proofs are rejected row by row when it executes);
@@ -254,6 +262,11 @@ class StepApplication:
             app_hash = chain_genesis.next_app_hash(self.app_hash, result.digest, written_state_digest(plan))
             self._pending = _Pending(request.height, result, app_hash)
         tx_results = block_tx_results(self.t, decoded, result)
+        if self.metrics is not None:
+            self.metrics.block_finalized(result.counts, validate_ms / 1000)
+            hits, misses = self.memo.hits, self.memo.misses
+            self.metrics.memo_lookups(hits - self._memo_seen[0], misses - self._memo_seen[1])
+            self._memo_seen = (hits, misses)
         log.info(orjson.dumps({"event": "block", "height": request.height, "txs": len(request.txs),
                                "proofs": decoded.proofs.num_rows, "counts": result.counts,
                                "digest": result.digest, "app_hash": app_hash.hex()}).decode())
@@ -285,12 +298,16 @@ class StepApplication:
             try:
                 self._commit(pending, record)
             except Exception as err:
+                if self.metrics is not None:
+                    self.metrics.commit_errors.inc()
                 self._fatal(f"the commit of height {pending.height} failed: {type(err).__name__}: {err}")
             if self.failpoints.get("lose-commit-ack") == pending.height:
                 self._fatal(f"failpoint: height {pending.height} is committed, but this app acts as if the "
                             f"database's acknowledgement were lost")
             self._last_commit_ms = (time.perf_counter() - started) * 1000
             self.chain = chain
+            if self.metrics is not None:
+                self.metrics.block_committed(pending.height, self._last_commit_ms / 1000)
         return self.t.ResponseCommit(retain_height=0)
 
     def _commit(self, pending: _Pending, record) -> None:

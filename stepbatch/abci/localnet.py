@@ -2,9 +2,19 @@
 
 `up` makes the node directories with `cometbft testnet`, gives every node its own loopback ports, puts
 the genesis app_state (the mesh to seed and the gates in force) into each genesis, starts one database
-server (unless MONGODB_URI is set; each validator has a database of its own on it), every app and
-every node in the background, writes `DIR/localnet.json` and returns once every RPC answers. Run on a
-directory that has a network already, it restarts what is not running and changes nothing else.
+server (unless MONGODB_URI is set; each validator has a database of its own on it, named after the
+chain and the node, so two networks on one server never share one), every app and every node in the
+background, writes `DIR/localnet.json` and returns once every RPC answers. Run on a directory that has
+a network already, it restarts what is not running and changes nothing else; a node's `app_args` in
+`localnet.json` are passed to its app when it is (re)started.
+
+The CometBFT settings it writes, for throughput on one machine (README, "Run a validator network"):
+`timeout_commit` 500 ms and empty blocks every 2 s; the mempool re-checks after every block (cheap:
+the app re-checks only drift and nonces) and holds 20,000 transactions or 256 MB; p2p send and receive
+rates of 50 MB/s (the default 5 MB/s caps gossip of ProofBatches); blocks of at most 16 MB; transactions
+indexed by hash only (`kv`, so `/tx` finds one), RPC bodies up to 4 MB (a 1 MiB transaction in
+base64), CometBFT's Prometheus metrics on a port of each node's
+own, and logs at `error` but for block execution.
 """
 
 from __future__ import annotations
@@ -33,6 +43,12 @@ STATE_FILE = "localnet.json"
 FAULTY_SPEED_LIMIT_MPS = 1.5  # a byzantine node's app: a tenth of the default speed limit
 TIMEOUT_COMMIT = "500ms"
 EMPTY_BLOCKS_INTERVAL = "2s"
+MEMPOOL_SIZE = 20_000
+MEMPOOL_MAX_TXS_BYTES = 256 << 20
+P2P_RATE_BYTES_S = 50 << 20
+BLOCK_MAX_BYTES = 16 << 20
+LOG_LEVEL = "state:info,*:error"
+RPC_MAX_BODY_BYTES = 4_000_000  # a transaction of the mempool's 1 MiB limit, base64 in JSON-RPC
 
 
 class LocalnetError(StoreError):
@@ -92,10 +108,18 @@ class Node:
     db: str
     byzantine: bool = False
     pids: list = dataclasses.field(default_factory=lambda: [None, None])  # [cometbft, app]
+    metrics_port: int = 0  # CometBFT's Prometheus metrics
+    app_metrics_port: int = 0  # the app's
+    app_args: list = dataclasses.field(default_factory=list)
 
     @property
     def rpc(self) -> str:
         return f"http://127.0.0.1:{self.rpc_port}"
+
+    @property
+    def metrics(self) -> dict:
+        return {"cometbft": f"http://127.0.0.1:{self.metrics_port}/metrics",
+                "app": f"http://127.0.0.1:{self.app_metrics_port}/metrics"}
 
 
 class Localnet:
@@ -118,7 +142,7 @@ class Localnet:
         tmp.replace(self.state_path)
 
     def nodes(self, state: dict) -> list[Node]:
-        return [Node(**{k: v for k, v in node.items() if k != "rpc"}) for node in state["nodes"]]
+        return [Node(**{k: v for k, v in node.items() if k not in ("rpc", "metrics")}) for node in state["nodes"]]
 
     # ------------------------------------------------------------------------------------ up
 
@@ -150,18 +174,19 @@ class Localnet:
         # testnet lists every node as `{id}@node{k}:26656` in each node's persistent peers.
         peers = re.search(r'persistent_peers = "([^"]*)"', (homes[0] / "config" / "config.toml").read_text())[1]
         node_ids = [peer.split("@")[0] for peer in peers.split(",")]
+        chain_id = json.loads((homes[0] / "config" / "genesis.json").read_text())["chain_id"]
         nodes = [Node(index=k, home=str(home), node_id=node_ids[k], p2p_port=free_port(), rpc_port=free_port(),
-                      app_port=free_port(), db=f"localnet_node{k}", byzantine=k in byzantine)
+                      app_port=free_port(), db=database_name(chain_id, k), byzantine=k in byzantine,
+                      metrics_port=free_port(), app_metrics_port=free_port())
                  for k, home in enumerate(homes)]
         app_state = chain_genesis.app_state(regions, config)
-        chain_id = None
         for node in nodes:
             self._configure(node, nodes)
             path = pathlib.Path(node.home) / "config" / "genesis.json"
             document = json.loads(path.read_text())
             document["app_state"] = app_state
             document["consensus_params"]["version"]["app"] = "1"
-            chain_id = document["chain_id"]
+            document["consensus_params"]["block"]["max_bytes"] = str(BLOCK_MAX_BYTES)
             path.write_text(json.dumps(document, indent=2) + "\n")
         state = {"chain_id": chain_id, "database": {"uri": mongodb_uri, "pid": None, "port": None},
                  "nodes": [self._node_json(node) for node in nodes]}
@@ -179,13 +204,18 @@ class Localnet:
                 ("p2p", "addr_book_strict", "false"), ("p2p", "allow_duplicate_ip", "true"),
                 ("consensus", "timeout_commit", f'"{TIMEOUT_COMMIT}"'),
                 ("consensus", "create_empty_blocks_interval", f'"{EMPTY_BLOCKS_INTERVAL}"'),
-                ("instrumentation", "prometheus_listen_addr", '""')):
+                (None, "log_level", f'"{LOG_LEVEL}"'),
+                ("mempool", "size", str(MEMPOOL_SIZE)), ("mempool", "max_txs_bytes", str(MEMPOOL_MAX_TXS_BYTES)),
+                ("p2p", "send_rate", str(P2P_RATE_BYTES_S)), ("p2p", "recv_rate", str(P2P_RATE_BYTES_S)),
+                ("tx_index", "indexer", '"kv"'), ("rpc", "max_body_bytes", str(RPC_MAX_BODY_BYTES)),
+                ("instrumentation", "prometheus", "true"),
+                ("instrumentation", "prometheus_listen_addr", f'"127.0.0.1:{node.metrics_port}"')):
             text = _set(text, section, key, value)
         path.write_text(text)
 
     @staticmethod
     def _node_json(node: Node) -> dict:
-        return {**dataclasses.asdict(node), "rpc": node.rpc}
+        return {**dataclasses.asdict(node), "rpc": node.rpc, "metrics": node.metrics}
 
     # ------------------------------------------------------------------------------ processes
 
@@ -218,7 +248,8 @@ class Localnet:
 
     def _start_app(self, node: Node, state: dict) -> int:
         args = [sys.executable, "-m", "stepbatch", "--mongodb-uri", state["database"]["uri"], "abci",
-                "--address", f"tcp://127.0.0.1:{node.app_port}", "--db", node.db]
+                "--address", f"tcp://127.0.0.1:{node.app_port}", "--db", node.db,
+                "--metrics-address", f"127.0.0.1:{node.app_metrics_port}", *node.app_args]
         if node.byzantine:
             args += ["--faulty-speed-limit", str(FAULTY_SPEED_LIMIT_MPS)]
         log_path = pathlib.Path(node.home) / "app.log"
@@ -249,6 +280,12 @@ class Localnet:
         deadline = time.monotonic() + wait_s
         for node in state["nodes"]:
             while rpc_get(node["rpc"], "status") is None:
+                stopped = [name for name, pid in zip(("CometBFT", "app"), node["pids"]) if not process_running(pid)]
+                if stopped:
+                    log_path = pathlib.Path(node["home"]) / ("cometbft.log" if stopped[0] == "CometBFT" else "app.log")
+                    tail = log_path.read_text(errors="replace")[-800:] if log_path.exists() else ""
+                    raise LocalnetError(f"node {node['index']}'s {stopped[0]} exited before its RPC answered; its "
+                                        f"log {log_path}:\n{tail}")
                 if time.monotonic() > deadline:
                     raise LocalnetError(f"node {node['index']}'s RPC {node['rpc']} does not answer; see "
                                         f"{node['home']}/cometbft.log")
@@ -292,6 +329,12 @@ class Localnet:
         elif node_index is not None and not stopped:
             raise LocalnetError(f"the network has nodes 0-{len(state['nodes']) - 1}, not {node_index}")
         return stopped
+
+
+def database_name(chain_id: str, index: int) -> str:
+    """Node `index`'s database: the chain's and the node's own (MongoDB names: no `/\\. "$`, ≤ 63 bytes)."""
+    chain = re.sub(r"[^A-Za-z0-9_-]", "_", chain_id)[:40]
+    return f"localnet_{chain}_node{index}"
 
 
 def rpc_get(rpc: str, method: str, timeout_s: float = 5.0, **params) -> dict | None:

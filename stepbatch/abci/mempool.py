@@ -42,7 +42,6 @@ MESSAGES = {
     Code.LOW_GPS_ACCURACY: "GPS accuracy outside the allowed range", Code.CLOCK_DRIFT: "timestamp too far from now",
     Code.BAD_SIGNATURE: "the signature does not recover to the account",
     Code.NONCE_REPLAY: "nonce already used by an accepted proof of this account"}
-REFUSED_LISTED = 50  # refused proofs a log names one by one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +163,5 @@ def _refusal(kind: str, refused: list[tuple[Code, str]], total: int) -> str:
     if kind != transactions.Kind.BATCH:
         return refused[0][1].removeprefix("proof 1: ")
     lines = [f"{len(refused)} of the batch's {total} proofs are refused; a ProofBatch is admitted whole or not at all"]
-    lines += [f"{code.name} {message}" for code, message in refused[:REFUSED_LISTED]]
-    if len(refused) > REFUSED_LISTED:
-        lines.append(f"and {len(refused) - REFUSED_LISTED} more")
+    lines += [f"{code.name} {message}" for code, message in refused]
     return "\n".join(lines)

@@ -65,6 +65,9 @@ def register(subparsers) -> None:
                         help="with --target cometbft: the nodes' RPC endpoints, e.g. from localnet.json")
     parser.add_argument("--broadcast", choices=("sync", "async"), default="sync",
                         help="with --target cometbft: broadcast_tx_sync (CheckTx answered) or _async (sync)")
+    parser.add_argument("--tx-proofs", type=int, default=100, metavar="N",
+                        help="with --target cometbft: proofs per transaction, a ProofBatch of N (1-1000; 1 sends "
+                             "one-proof transactions) (100)")
     parser.add_argument("--connections", type=int, default=256,
                         help="concurrent HTTP connections with --target (256)")
     parser.add_argument("--db", default=None, help="database of the target service, with --mongodb-uri")

@@ -1,10 +1,12 @@
 """`stepbatch bench --target cometbft --rpc URL[,URL…]`: signed traffic through a CometBFT network.
 
 Proofs (generated to start a few seconds from now, so their timestamps agree with the blocks' times)
-are broadcast on schedule (open loop at --rate) or back to back on --connections connections (closed
-loop), round-robin over the given RPC endpoints, with `broadcast_tx_sync` (the CheckTx answer comes
-back) or `broadcast_tx_async`. A poller follows the chain on the first endpoint block by block: a
-proof's latency is submit → the moment its block is seen committed. The report adds the block
+go in transactions of --tx-proofs proofs each (a ProofBatch; 1: one-proof transactions), broadcast on
+schedule (open loop at --rate: a transaction leaves when its last proof arrives, as a gateway's batch
+would) or back to back on --connections connections (closed loop), round-robin over the given RPC
+endpoints, with `broadcast_tx_sync` (the CheckTx answer comes back) or `broadcast_tx_async`. A poller
+follows the chain on the first endpoint block by block: a proof's latency is its arrival → the moment
+its block is seen committed, and its verdict is its line of the transaction's result. The report adds the block
 interval and, from the `stepbatch` event each block carries, how much of a block's time went to
 stepbatch (validating the block, committing the previous one) and how much to CometBFT.
 """
@@ -20,6 +22,7 @@ import time
 import aiohttp
 import numpy as np
 
+from stepbatch.abci.transactions import MAX_BATCH_PROOFS
 from stepbatch.cli import UsageError
 from stepbatch.cli.bench_http import _PER_WALKER_S, _declare
 from stepbatch.protocol import Code
@@ -62,45 +65,57 @@ def _one_run(args, config, rpcs, mode, rate):
     traffic = gen.generate(walkers=walkers, proofs=proofs, duration_s=duration,
                            seed=args.seed * 1_000_003 + int(start.timestamp()), start_time=start)
     _declare(args, config, traffic)
-    txs = request_bodies(traffic.proofs)
+    if not 1 <= args.tx_proofs <= MAX_BATCH_PROOFS:
+        raise UsageError(f"--tx-proofs is 1-{MAX_BATCH_PROOFS}, got {args.tx_proofs}")
+    bodies = request_bodies(traffic.proofs)
+    firsts = list(range(0, len(bodies), args.tx_proofs))
+    txs = [bodies[i] if args.tx_proofs == 1 else b"[" + b",".join(bodies[i:i + args.tx_proofs]) + b"]"
+           for i in firsts]
+    spans = [(i, min(i + args.tx_proofs, len(bodies))) for i in firsts]
     offsets = arrival_offsets(traffic.proofs) if mode == "open" else None
     wait_s = int(traffic.proofs.column("received_at")[0].value) / 1000.0 - time.time()
     if wait_s > 0:
         time.sleep(wait_s)
-    run, blocks = asyncio.run(_drive(rpcs, txs, offsets, args.connections, args.broadcast, rate))
+    run, blocks = asyncio.run(_drive(rpcs, txs, spans, offsets, args.connections, args.broadcast, rate))
     return traffic, run, blocks
 
 
-async def _drive(rpcs, txs, offsets, connections, broadcast, rate):
-    n = len(txs)
-    hashes = {hashlib.sha256(tx).hexdigest().upper(): i for i, tx in enumerate(txs)}
+async def _drive(rpcs, txs, spans, offsets, connections, broadcast, rate):
+    """Per proof: arrival, commit and refusal times (s from the start) and its verdict code."""
+    n = spans[-1][1] if spans else 0
+    hashes = {hashlib.sha256(tx).hexdigest().upper(): k for k, tx in enumerate(txs)}
     submitted, committed, refused = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     names = [code.name for code in Code]
     codes: list[str | None] = [None] * n
+    tx_offsets = None if offsets is None else np.array([offsets[last - 1] for _, last in spans])
     blocks: list[dict] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),
                                      timeout=aiohttp.ClientTimeout(total=120)) as session:
         start = time.monotonic()
         first_height = await _height(session, rpcs[0])
         done = asyncio.Event()
-        poller = asyncio.create_task(_follow(session, rpcs[0], first_height, hashes, committed, codes, blocks,
-                                             start, done))
+        poller = asyncio.create_task(_follow(session, rpcs[0], first_height, hashes, spans, committed, codes,
+                                             blocks, start, done))
 
-        async def send(i: int) -> None:
-            submitted[i] = time.monotonic() - start
-            body = {"jsonrpc": "2.0", "id": i, "method": f"broadcast_tx_{broadcast}",
-                    "params": {"tx": base64.b64encode(txs[i]).decode()}}
+        async def send(k: int) -> None:
+            first, last = spans[k]
+            sent = time.monotonic() - start
+            submitted[first:last] = sent if offsets is None else offsets[first:last]
+            body = {"jsonrpc": "2.0", "id": k, "method": f"broadcast_tx_{broadcast}",
+                    "params": {"tx": base64.b64encode(txs[k]).decode()}}
             try:
-                async with session.post(rpcs[i % len(rpcs)], json=body) as reply:
+                async with session.post(rpcs[k % len(rpcs)], json=body) as reply:
                     answer = await reply.json()
                 result = answer.get("result") or {}
-                if int(result.get("code", 0)) != 0 and codes[i] is None:
-                    codes[i] = f"REFUSED_{names[int(result['code'])]}"  # by CheckTx: never in a block
-                    refused[i] = time.monotonic() - start
+                code = int(result.get("code", 0))
+                if code != 0 and codes[first] is None:  # refused by CheckTx: never in a block
+                    name = names[code] if code < len(names) else str(code)
+                    codes[first:last] = [f"REFUSED_{name}"] * (last - first)
+                    refused[first:last] = time.monotonic() - start
             except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-                codes[i] = f"ERROR {type(err).__name__}"
+                codes[first:last] = [f"ERROR {type(err).__name__}"] * (last - first)
 
-        await drive(send, n, start, offsets, connections)
+        await drive(send, len(txs), start, tx_offsets, connections)
         # Every tx is settled once committed or refused at admission; the rest had 60 s more.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(c is None for c in codes):
@@ -134,8 +149,8 @@ async def _height(session, url: str) -> int:
     return int((await _rpc(session, url, "status"))["sync_info"]["latest_block_height"])
 
 
-async def _follow(session, url, height, hashes, committed, codes, blocks, start, done) -> None:
-    """Read every block after `height` as it is committed; settle the txs it holds."""
+async def _follow(session, url, height, hashes, spans, committed, codes, blocks, start, done) -> None:
+    """Read every block after `height` as it is committed; settle the proofs of the txs it holds."""
     from stepbatch.abci.rpc import time_ms
 
     names = [code.name for code in Code]
@@ -154,12 +169,18 @@ async def _follow(session, url, height, hashes, committed, codes, blocks, start,
         timing = {attr["key"]: float(attr["value"]) for event in results.get("finalize_block_events") or []
                   if event["type"] == "stepbatch" for attr in event["attributes"]}
         txs = block["data"]["txs"] or []
-        blocks.append({"height": height, "time_ms": time_ms(block["header"]["time"]), "txs": len(txs), **timing})
+        proofs = 0
         for tx, outcome in zip(txs, results.get("txs_results") or []):
-            i = hashes.get(hashlib.sha256(base64.b64decode(tx)).hexdigest().upper())
-            if i is not None:
-                committed[i] = seen
-                codes[i] = names[int(outcome.get("code", 0))]
+            k = hashes.get(hashlib.sha256(base64.b64decode(tx)).hexdigest().upper())
+            if k is None:
+                continue
+            first, last = spans[k]
+            lines = base64.b64decode(outcome.get("data") or "").decode().split("\n")
+            committed[first:last] = seen
+            codes[first:last] = [line.split(":", 1)[0] for line in lines][:last - first]
+            proofs += last - first
+        blocks.append({"height": height, "time_ms": time_ms(block["header"]["time"]), "txs": len(txs),
+                       "proofs": proofs, **timing})
 
 
 def _stages(blocks: list[dict]) -> dict:
@@ -176,4 +197,5 @@ def _block_summary(blocks: list[dict]) -> dict:
     return {"blocks": len(blocks), "blocks_with_txs": len(full), "mean_interval_s": interval_s,
             "blocks_per_s": 1 / interval_s if interval_s == interval_s and interval_s > 0 else float("nan"),
             "mean_txs_per_full_block": float(np.mean([b["txs"] for b in full])) if full else 0.0,
+            "mean_proofs_per_full_block": float(np.mean([b.get("proofs", 0) for b in full])) if full else 0.0,
             "stepbatch_share_of_block_time": share}

@@ -22,6 +22,11 @@ def register(subparsers) -> None:
             "every accepted request and commits the open batch before exiting. Uses the embedded "
             "database unless --mongodb-uri / MONGODB_URI is given."))
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--chain", default=None, metavar="RPC_URL",
+                        help="a gateway in front of a CometBFT node running `stepbatch abci`: batches become "
+                             "ProofBatch transactions broadcast to RPC_URL, each proof is answered (with its "
+                             "block's height) once its block is committed, and reads come from the node's "
+                             "committed state: give its database with --db and --mongodb-uri")
     parser.add_argument("--port", type=_port, default=5500, help="TCP port (5500, the original's; 0: a free one)")
     parser.add_argument("--batch-size", type=_positive, default=1000, help="proofs per batch at most (1000)")
     parser.add_argument("--max-wait-ms", type=_wait, default=50.0,
@@ -88,7 +93,10 @@ def run(args: argparse.Namespace) -> int:
         read_timeout_s=args.read_timeout, cors_origins=tuple(_list(args.cors_origins)),
         ip_rate=args.rate_ip[0] if args.rate_ip else None, ip_burst=args.rate_ip[1] if args.rate_ip else None,
         account_rate=args.rate_account[0] if args.rate_account else None,
-        account_burst=args.rate_account[1] if args.rate_account else None, archive_dir=args.archive)
+        account_burst=args.rate_account[1] if args.rate_account else None, archive_dir=args.archive,
+        chain_rpc=args.chain)
+    if args.chain and args.archive:
+        raise UsageError("--archive keeps the batches this service commits; behind --chain the chain keeps them")
     limits = server.ConnectionLimits(
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout, keep_alive_s=args.keep_alive,
         max_connections=args.max_connections, max_connections_per_ip=args.max_connections_per_ip)
@@ -102,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
             app = create_app(validator, options)
             host, port = listener.getsockname()[:2]
             print(f"stepbatch serve: listening on http://{host}:{port} (database {config.db_name}, "
-                  f"batches of up to {options.batch_size} proofs or {options.max_wait_ms:g} ms)", flush=True)
+                  f"batches of up to {options.batch_size} proofs or {options.max_wait_ms:g} ms"
+                  + (f", a gateway to {args.chain}" if args.chain else "") + ")", flush=True)
             server.run(app, listener, args.log_level, limits, _list(args.forwarded_allow_ips))
     finally:
         listener.close()

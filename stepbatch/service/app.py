@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import concurrent.futures
 import logging
 import re
@@ -75,6 +76,7 @@ class ServiceOptions:
     read_threads: int = 4
     cors_origins: tuple[str, ...] = ("*",)
     archive_dir: str | None = None  # every committed batch archived here (stepbatch.store.archive)
+    chain_rpc: str | None = None  # a gateway: batches go to this CometBFT node (stepbatch.service.chain)
 
 
 class Service:
@@ -87,8 +89,12 @@ class Service:
         self.options = options
         self.metrics = ServiceMetrics()
         archive = BatchArchive(options.archive_dir) if options.archive_dir else None
+        make_pipeline = None
+        if options.chain_rpc:
+            from stepbatch.service.chain import ChainPipeline
+            make_pipeline = functools.partial(ChainPipeline, options.chain_rpc)
         self.batcher = LiveBatcher(validator, BatchPolicy.of(options.batch_size, options.max_wait_ms),
-                                   options.queue_limit, self.metrics, archive=archive)
+                                   options.queue_limit, self.metrics, archive=archive, make_pipeline=make_pipeline)
         self.ip_limit = TokenBuckets(options.ip_rate, options.ip_burst) if options.ip_rate else None
         self.account_limit = TokenBuckets(options.account_rate, options.account_burst) if options.account_rate else None
         self.reads = ReadGate(options.read_threads)
@@ -215,6 +221,7 @@ async def submit(request: Request, service: Service) -> Response:
         "ok": True, "reward": step_amount(row["reward_micro"]), "unit": "STEP", "triangleId": triangle_id,
         "level": int(mesh_keys.key_levels([key_of(triangle_id)])[0]), "clicks": row["click_number"],
         "balance": step_amount(int(answer.balance_micro[0])), "processedAt": iso_ms(answer.committed_at),
+        **({} if answer.height is None else {"height": int(answer.height[0])}),
     })
 
 

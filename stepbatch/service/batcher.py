@@ -53,6 +53,7 @@ class Answer:
     balance_micro: np.ndarray  # int64 per row: the account's balance after the row; -1 when rejected
     batch_id: str
     committed_at: dt.datetime
+    height: np.ndarray | None = None  # int64 per row, behind a gateway: the block that holds the row
 
 
 @dataclasses.dataclass
@@ -68,8 +69,11 @@ class _Request:
 
 class LiveBatcher:
     def __init__(self, validator: Validator, policy: BatchPolicy, queue_limit: int, metrics=None,
-                 run_id: str | None = None, archive: BatchArchive | None = None):
+                 run_id: str | None = None, archive: BatchArchive | None = None, make_pipeline=None):
         self.validator = validator
+        # What commits a closed batch: a Pipeline on the validator's store, or a gateway's
+        # `stepbatch.service.chain.ChainPipeline` that broadcasts it to a CometBFT node.
+        self.make_pipeline = make_pipeline or (lambda: Pipeline(validator))
         self.archive = archive
         self.policy = policy
         self.queue_limit = queue_limit
@@ -94,7 +98,7 @@ class LiveBatcher:
     async def start(self) -> None:
         self._arrived = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._pipeline = Pipeline(self.validator)
+        self._pipeline = await asyncio.to_thread(self.make_pipeline)
         self._task = asyncio.create_task(self._run(), name="stepbatch-batcher")
 
     def submit(self, rows: list | pa.Table) -> asyncio.Future:
@@ -191,7 +195,7 @@ class LiveBatcher:
             # A failed commit stops a pipeline for good (nothing after it commits); the batches that
             # were waiting behind it have been answered with the error, and the service goes on.
             self._pipeline.close()
-            self._pipeline = Pipeline(self.validator)
+            self._pipeline = self.make_pipeline()
         future = self._pipeline.submit(table, batch_id, batch_time_ms)
         if self.archive is not None:
             # Added before the event loop's callback, so it runs first, on the committer's thread:
@@ -215,7 +219,10 @@ class LiveBatcher:
             return
         result: BatchResult = done.result()
         committed_at = dt.datetime.now(dt.timezone.utc)
-        balances = balances_after(result.verdicts, result.outcome)
+        balances = getattr(result, "balance_micro", None)
+        if balances is None:
+            balances = balances_after(result.verdicts, result.outcome)
+        heights = getattr(result, "height", None)
         first = 0
         answered_s = time.monotonic()
         for request in requests:
@@ -225,7 +232,9 @@ class LiveBatcher:
             verdicts = result.verdicts.slice(first, n)
             verdicts = verdicts.set_column(0, "index", pa.array(np.arange(n, dtype=np.int64)))
             if not request.future.done():
-                request.future.set_result(Answer(verdicts, balances[first:first + n], batch_id, committed_at))
+                request.future.set_result(Answer(verdicts, balances[first:first + n],
+                                                 result.batch_id if heights is not None else batch_id, committed_at,
+                                                 None if heights is None else heights[first:first + n]))
             first += n
         self._observe(result, batch_id, closed_s)
 
