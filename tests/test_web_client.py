@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import http.server
 import json
 import os
 import re
 import socket
+import struct
 import threading
 import uuid
+import zlib
 
 import httpx
 import pymongo
@@ -141,10 +144,13 @@ def test_a_phone_proves_where_it_is_and_sees_its_triangle_subdivide(served, brow
     context, page, problems = browser
     page.goto(url)
 
-    # A new wallet, kept in the page.
+    # A new wallet, kept in the page, and its key exported.
     page.click("#create-wallet")
     address = page.inner_text("#address")
     assert re.fullmatch(r"0x[0-9a-f]{40}", address)
+    page.click("#export-key")
+    assert signing.address_of(bytes.fromhex(page.input_value("#exported-key")[2:])) == address
+    page.click("#export-key")
 
     # The map draws the declared level-14 triangles around the position; the phone's is mineable.
     page.wait_for_selector(f"#triangle-id[data-triangle-id='{HOME}']")
@@ -248,6 +254,58 @@ def test_the_page_says_when_it_was_not_built_and_admits_its_tile_server(tmp_path
         assert client.get("/app/settings.json").json() == {"tileUrl": tiles, "tileAttribution": "© the tile makers",
                                                            "built": False}
         assert client.get("/app/app.js").status_code == 404
+
+
+@pytest.fixture
+def tile_server():
+    """A raster tile server on loopback: every tile is the same pale 256×256 PNG; the paths asked are kept."""
+    asked: list[str] = []
+
+    class Tiles(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(TILE_PNG)))
+            self.end_headers()
+            self.wfile.write(TILE_PNG)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Tiles)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _png(rgb: tuple[int, int, int], side: int = 256) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\x00" + bytes(rgb) * side for _ in range(side))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+TILE_PNG = _png((226, 236, 214))
+
+
+def test_a_tile_url_draws_a_raster_basemap_under_the_triangles(mongo_uri, mongo_db_name, browser, tile_server):
+    tiles, asked = tile_server
+    env = {"STEPBATCH_TILE_URL": f"{tiles}/{{z}}/{{x}}/{{y}}.png", "STEPBATCH_TILE_ATTRIBUTION": "test tiles"}
+    args = ["--mongodb-uri", mongo_uri, "serve", "--port", "0", "--db", mongo_db_name]
+    _context, page, problems = browser
+    with server_process(args, env=env) as server:
+        page.goto(server.url)
+        page.wait_for_selector("img.leaflet-tile-loaded")
+        assert "test tiles" in page.inner_text(".leaflet-control-attribution")
+    assert asked and all(re.fullmatch(r"/[0-9]+/[0-9]+/[0-9]+\.png", path) for path in asked)
+    assert problems == []
 
 
 def test_a_tile_template_must_name_an_origin_a_policy_can_admit():

@@ -110,12 +110,38 @@ async function refreshAccount() {
 
 const quietly = (promise) => promise.catch((err) => { if (!(err instanceof Offline)) console.warn(err); });
 
+// A refresh the validator could not answer (busy, slow, no network) is tried again after 1 s, then
+// less and less often, until one succeeds.
+let retryMs = 0;
+let retryTimer = null;
+function refreshAll() {
+  return Promise.all([refreshMesh(), refreshAccount()]).then(() => {
+    retryMs = 0;
+  }, (err) => {
+    retryMs = Math.min(REFRESH_MS, retryMs ? retryMs * 2 : 1000);
+    const why = err instanceof Offline ? "offline" : `the validator did not answer: ${err.message}`;
+    view.setText("map-status", `Could not refresh (${why}); trying again in ${Math.round(retryMs / 1000)} s.`);
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(refreshAll, retryMs);
+  });
+}
+
+const refusal = (err) => ({
+  ok: false, code: err instanceof Offline ? "OFFLINE" : (err.code ?? "INTERNAL"), message: err.message,
+});
+
 async function submitProof() {
   state.busy = true;
   renderHere();
   try {
     // The triangle is looked up again for the position of this very proof.
-    await refreshMesh();
+    try {
+      await refreshMesh();
+    } catch (err) {
+      state.answer = refusal(err);
+      view.renderAnswer(state.answer, state.config);
+      return;
+    }
     const { active, position, wallet } = state;
     if (!active || active.none) return;
     const signed = await signProof(wallet.signer, buildPayload(wallet.address, active.triangleId, position));
@@ -124,7 +150,7 @@ async function submitProof() {
     try {
       state.answer = await reach(() => api.submit(signed.proof));
     } catch (err) {
-      state.answer = err instanceof Offline ? { ok: false, code: "OFFLINE", message: err.message } : { ok: false, code: "INTERNAL", message: err.message };
+      state.answer = refusal(err);
     }
     rememberRefusal(signed.proof, state.answer);
     view.renderAnswer(state.answer, state.config);
@@ -132,7 +158,7 @@ async function submitProof() {
     state.busy = false;
     renderHere();
   }
-  await Promise.all([quietly(refreshAccount()), quietly(refreshMesh())]);
+  await refreshAll();
 }
 
 function useWallet(wallet) {
@@ -148,7 +174,7 @@ function useWallet(wallet) {
 
 function bindControls() {
   $("submit").addEventListener("click", () => quietly(submitProof()));
-  $("refresh").addEventListener("click", () => Promise.all([quietly(refreshMesh()), quietly(refreshAccount())]));
+  $("refresh").addEventListener("click", refreshAll);
   $("create-wallet").addEventListener("click", () => useWallet(createWallet()));
   $("connect-injected").addEventListener("click", async () => useWallet(await connectInjected()));
   $("import-wallet").addEventListener("click", () => {
@@ -206,7 +232,7 @@ async function start() {
     renderHere();
     if (movedEnough(lookedUpAt, position)) {
       lookedUpAt = position;
-      quietly(refreshMesh());
+      refreshAll();
     }
   }, (words) => {
     state.positionError = words;
@@ -216,8 +242,7 @@ async function start() {
   setInterval(renderHere, 1000);
   setInterval(() => {
     if (document.visibilityState === "visible" && state.online) {
-      quietly(refreshMesh());
-      quietly(refreshAccount());
+      refreshAll();
     }
   }, REFRESH_MS);
 }

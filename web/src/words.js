@@ -17,6 +17,7 @@ export const VERDICT_WORDS = {
   RATE_LIMITED: "Too many requests from this phone; wait a moment.",
   OVERLOADED: "The validator is busy right now; try again in a moment.",
   SHUTTING_DOWN: "The validator is restarting; try again in a moment.",
+  UNAVAILABLE: "The validator did not answer in time; nothing was sent. Try again in a moment.",
   INTERNAL: "The validator failed to record the proof; nothing was counted. Try again.",
   OFFLINE: "You are offline: the proof was not sent.",
 };
