@@ -35,7 +35,7 @@ BATCH_ROWS = 100
 
 @pytest.fixture(scope="module")
 def traffic():
-    return gen.generate(walkers=40, proofs=1_200, seed=11)
+    return gen.generate(walkers=40, proofs=800, seed=11)
 
 
 def _batches(traffic):
@@ -194,7 +194,7 @@ def test_the_drill_restores_a_killed_services_database_and_replays_to_its_state(
     # The embedded server of the data directory, whatever MONGODB_URI the suite runs with.
     env = {"STEPBATCH_DATA_DIR": str(data_dir), "MONGODB_URI": "", "STEPBATCH_SIGNATURE_THREADS": "1"}
     args = ["serve", "--port", "0", "--archive", str(archive), "--batch-size", "40", "--max-wait-ms", "20"]
-    proofs = _drill_proofs(700)
+    proofs = _drill_proofs(500)
     load = None
     with server_process(args, env=env) as service:
         attached = EmbeddedServer(data_dir / "db").start()
@@ -202,11 +202,11 @@ def test_the_drill_restores_a_killed_services_database_and_replays_to_its_state(
             with MongoStore(attached.uri, "step", config=CONFIG) as store:
                 store.declare(REGION)
                 load = _Load(service.url, proofs)
-                wait_until(lambda: load.answered >= 200, timeout_s=120, what="200 answered proofs")
+                wait_until(lambda: load.answered >= 150, timeout_s=120, what="150 answered proofs")
                 assert main(["db", "backup", str(backup_dir), "--data-dir", str(data_dir / "db")]) == 0
                 backed_up_at = load.answered
-                wait_until(lambda: load.answered >= backed_up_at + 200, timeout_s=120,
-                           what="200 more answered proofs")
+                wait_until(lambda: load.answered >= backed_up_at + 150, timeout_s=120,
+                           what="150 more answered proofs")
                 load.stop()
                 assert not load.errors, load.errors[:3]
                 expected = state_digest(store.db)
