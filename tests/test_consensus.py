@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import orjson
@@ -304,6 +305,38 @@ def _block_holding(url: str, tx: bytes, after: int) -> int | None:
     return None
 
 
+def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, body, {"content-type": "application/json"}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_a_gateway_answers_each_phone_once_its_block_is_committed(net):
+    apis = [node["api"] for node in net.state["nodes"]]
+    here = mesh.triangle_at(*WORLD_CENTRE, LEVEL)
+    key = hashlib.sha256(b"stepbatch-gateway-phone").digest()
+    proof = signed_proof(key, here, "gw-1", int(time.time() * 1000))
+    status, answer = _http("POST", f"{apis[0]}/proof/submit", orjson.dumps(proof))
+    assert status == 200 and answer["ok"] is True, answer
+    assert answer["reward"] == "0.000122" and answer["balance"] == "0.000122" and answer["clicks"] >= 1
+    height = answer["height"]
+    assert rpc.committed_tx(net.rpcs[0], orjson.dumps(proof)) is not None or height > 0
+    # The same proof again: the node refuses it at admission, and the phone is told why.
+    status, again = _http("POST", f"{apis[1]}/proof/submit", orjson.dumps(proof))
+    assert status == 409 and again["code"] == "NONCE_REPLAY", again
+    forged = {**signed_proof(key, here, "gw-2", int(time.time() * 1000)), "signature": proof["signature"]}
+    status, refused = _http("POST", f"{apis[2]}/proof/submit", orjson.dumps(forged))
+    assert status == 401 and refused["code"] == "BAD_SIGNATURE", refused
+    # Reads come from each node's committed state.
+    account = signing.address_of(key).lower()
+    wait_until(lambda: (rpc_height(net.rpcs[3]) or 0) >= height, timeout_s=60, what="node 3 to commit the block")
+    status, read = _http("GET", f"{apis[3]}/account/{account}")
+    assert status == 200 and read["result"]["balanceMicro"] == 122, read
+
+
 def test_blocks_equal_the_one_by_one_reference_on_every_validator(net):
     last = 0
     for step in range(2):
@@ -388,7 +421,7 @@ def faulty_net(tmp_path_factory):
     _cometbft_or_skip()
     directory = tmp_path_factory.mktemp("localnet") / "faulty"
     localnet("up", "--dir", str(directory), "--validators", "4", "--levels", f"{LEVEL - 1}-{LEVEL}", "--bbox", BBOX,
-             "--byzantine", "3")
+             "--byzantine", "3", "--no-gateways")
     try:
         yield Net(directory)
     finally:

@@ -111,10 +111,16 @@ class Node:
     metrics_port: int = 0  # CometBFT's Prometheus metrics
     app_metrics_port: int = 0  # the app's
     app_args: list = dataclasses.field(default_factory=list)
+    api_port: int = 0  # the node's gateway (`stepbatch serve --chain`); 0: none
+    gateway_pid: int | None = None
 
     @property
     def rpc(self) -> str:
         return f"http://127.0.0.1:{self.rpc_port}"
+
+    @property
+    def api(self) -> str | None:
+        return f"http://127.0.0.1:{self.api_port}" if self.api_port else None
 
     @property
     def metrics(self) -> dict:
@@ -142,22 +148,23 @@ class Localnet:
         tmp.replace(self.state_path)
 
     def nodes(self, state: dict) -> list[Node]:
-        return [Node(**{k: v for k, v in node.items() if k not in ("rpc", "metrics")}) for node in state["nodes"]]
+        return [Node(**{k: v for k, v in node.items() if k not in ("rpc", "metrics", "api")}) for node in state["nodes"]]
 
     # ------------------------------------------------------------------------------------ up
 
     def up(self, validators: int, regions: Regions, config: Config, mongodb_uri: str | None,
-           byzantine: list[int], wait_s: float = 120.0) -> dict:
+           byzantine: list[int], wait_s: float = 120.0, gateways: bool = True) -> dict:
         if self.state_path.exists():
             state = self.load()
         else:
-            state = self._create(validators, regions, config, mongodb_uri, byzantine)
+            state = self._create(validators, regions, config, mongodb_uri, byzantine, gateways)
         self._start_missing(state)
         self._wait_for_rpc(state, wait_s)
+        self._start_gateways(state)
         return state
 
     def _create(self, validators: int, regions: Regions, config: Config, mongodb_uri: str | None,
-                byzantine: list[int]) -> dict:
+                byzantine: list[int], gateways: bool) -> dict:
         if validators < 1:
             raise LocalnetError("a network needs at least one validator")
         if any(not 0 <= k < validators for k in byzantine):
@@ -177,7 +184,8 @@ class Localnet:
         chain_id = json.loads((homes[0] / "config" / "genesis.json").read_text())["chain_id"]
         nodes = [Node(index=k, home=str(home), node_id=node_ids[k], p2p_port=free_port(), rpc_port=free_port(),
                       app_port=free_port(), db=database_name(chain_id, k), byzantine=k in byzantine,
-                      metrics_port=free_port(), app_metrics_port=free_port())
+                      metrics_port=free_port(), app_metrics_port=free_port(),
+                      api_port=free_port() if gateways else 0)
                  for k, home in enumerate(homes)]
         app_state = chain_genesis.app_state(regions, config)
         for node in nodes:
@@ -215,7 +223,7 @@ class Localnet:
 
     @staticmethod
     def _node_json(node: Node) -> dict:
-        return {**dataclasses.asdict(node), "rpc": node.rpc, "metrics": node.metrics}
+        return {**dataclasses.asdict(node), "rpc": node.rpc, "metrics": node.metrics, "api": node.api}
 
     # ------------------------------------------------------------------------------ processes
 
@@ -256,6 +264,22 @@ class Localnet:
         process = self._spawn(args, log_path)
         self._wait_for_port(node.app_port, f"node {node.index}'s app", log_path, process)
         return process.pid
+
+    def _start_gateways(self, state: dict) -> None:
+        """One `stepbatch serve --chain` per node that has an API port and no live gateway: the phones' front
+        door, reading the node's committed state from its database."""
+        nodes = self.nodes(state)
+        for node in nodes:
+            if not node.api_port or process_running(node.gateway_pid):
+                continue
+            log_path = pathlib.Path(node.home) / "gateway.log"
+            process = self._spawn([sys.executable, "-m", "stepbatch", "--mongodb-uri", state["database"]["uri"],
+                                   "serve", "--chain", node.rpc, "--db", node.db, "--port", str(node.api_port)],
+                                  log_path)
+            node.gateway_pid = process.pid
+            self._wait_for_port(node.api_port, f"node {node.index}'s gateway", log_path, process)
+        state["nodes"] = [self._node_json(node) for node in nodes]
+        self._save(state)
 
     def _start_node(self, node: Node) -> int:
         return self._spawn([cometbft_binary(), "start", "--home", node.home],
@@ -312,7 +336,8 @@ class Localnet:
             answer = rpc_get(node["rpc"], "status")
             info = (answer or {}).get("sync_info", {})
             nodes.append({"index": node["index"], "rpc": node["rpc"],
-                          "running": [process_running(p) for p in node["pids"]],
+                          "running": [process_running(p) for p in node["pids"]], "api": node.get("api"),
+                          "gateway_running": process_running(node.get("gateway_pid")),
                           "byzantine": node["byzantine"], "height": int(info["latest_block_height"]) if info else None,
                           "app_hash": info.get("latest_app_hash"), "catching_up": info.get("catching_up")})
         return {"chain_id": state["chain_id"], "nodes": nodes}
@@ -322,7 +347,7 @@ class Localnet:
         stopped = []
         for node in state["nodes"]:
             if node_index is None or node["index"] == node_index:
-                self._stop_pids(node["pids"])
+                self._stop_pids([node.get("gateway_pid"), *node["pids"]])
                 stopped.append(node["index"])
         if node_index is None and state["database"]["pid"]:
             self._stop_pids([state["database"]["pid"]])

@@ -31,6 +31,8 @@ def register(subparsers) -> None:
                     help="JSON list of triangle ids (or gen's .triangles.json) to declare instead")
     up.add_argument("--byzantine", type=int, action="append", default=[], metavar="K",
                     help="node K's app uses a different speed limit: a faulty validator (repeatable)")
+    up.add_argument("--no-gateways", dest="gateways", action="store_false",
+                    help="start no gateway (`stepbatch serve --chain`) in front of the nodes")
     up.set_defaults(func=run_up)
     status = commands.add_parser("status", help="heights and app hashes of every node, as JSON")
     status.add_argument("--dir", required=True)
@@ -58,10 +60,11 @@ def run_up(args: argparse.Namespace) -> int:
     if not regions and not net.state_path.exists():
         raise UsageError("say which mesh the chain starts with: --levels A-B [--bbox W,S,E,N] or --triangles FILE")
     config = Config.from_env(mongodb_uri=args.mongodb_uri)
-    state = net.up(args.validators, Regions.of(regions), config, config.mongodb_uri, args.byzantine)
+    state = net.up(args.validators, Regions.of(regions), config, config.mongodb_uri, args.byzantine,
+                   gateways=args.gateways)
     for node in state["nodes"]:
         print(f"node {node['index']}: {node['rpc']} (pids {node['pids'][0]}, {node['pids'][1]})"
-              + (" byzantine" if node["byzantine"] else ""))
+              + (f", gateway {node['api']}" if node.get("api") else "") + (" byzantine" if node["byzantine"] else ""))
     print(f"chain {state['chain_id']} is up; {os.path.join(net.dir, 'localnet.json')}")
     return 0
 

@@ -34,7 +34,7 @@ from stepbatch.validator import BatchResult
 
 log = logging.getLogger("stepbatch.service")
 COMMIT_WAIT_S = 60.0  # a transaction not in a block by then is answered with an error
-POLL_S = 0.05
+POLL_S = 0.05  # how often the chain's height is read while transactions wait (when none do, once a second)
 RESENDS = 2  # times a batch is sent again without the proofs its node refused
 
 
@@ -57,6 +57,7 @@ class BlockFollower:
         self._waiting: dict[str, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self.height = rpc.height(rpc_url)
         self._thread = threading.Thread(target=self._follow, name="stepbatch-chain-follower", daemon=True)
         self._thread.start()
@@ -65,6 +66,7 @@ class BlockFollower:
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             self._waiting[tx_hash] = future
+        self._wake.set()
         return future
 
     def forget(self, tx_hash: str) -> None:
@@ -73,19 +75,31 @@ class BlockFollower:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=5)
 
     def _follow(self) -> None:
         while not self._stop.is_set():
             try:
                 latest = rpc.height(self.rpc_url)
+                with self._lock:
+                    idle = not self._waiting
+                if idle:
+                    # Nothing waits: what is registered from now on is broadcast later, so it lands in
+                    # a block after `latest`.
+                    self.height = latest
                 while self.height < latest and not self._stop.is_set():
                     self._settle(self.height + 1)
                     self.height += 1
             except rpc.RpcError as err:  # the node is restarting: try again
                 log.warning("following %s: %s", self.rpc_url, err)
                 self._stop.wait(1.0)
-            self._stop.wait(POLL_S)
+                continue
+            if idle:
+                self._wake.wait(1.0)
+                self._wake.clear()
+            else:
+                self._stop.wait(POLL_S)
 
     def _settle(self, height: int) -> None:
         with self._lock:
@@ -103,8 +117,7 @@ class BlockFollower:
             if future is None:
                 continue
             lines = base64.b64decode(outcome.get("data") or "").decode().split("\n")
-            text = outcome.get("log") or ""
-            messages = orjson.loads(text) if text.startswith("[") else [text]
+            messages = _messages(outcome.get("log") or "")
             balances = next((attr["value"].split(",") for event in outcome.get("events") or []
                              if event.get("type") == "stepbatch.balances" for attr in event.get("attributes") or []
                              if attr.get("key") == "balance_micro"), [""] * len(lines))
@@ -177,24 +190,51 @@ class ChainPipeline:
         try:
             answer = rpc.broadcast(self.rpc_url, tx)
         except rpc.RpcError as err:
-            self.follower.forget(tx_hash)
-            raise ChainError(f"the node did not take the batch: {err}") from err
+            if "tx already exists in cache" not in str(err):
+                self.follower.forget(tx_hash)
+                raise ChainError(f"the node did not take the batch: {err}") from err
+            # These very bytes were sent before: their proofs are settled by that transaction, which
+            # makes this sending a replay of every proof it accepted.
+            earlier = rpc.committed_tx(self.rpc_url, tx)
+            if earlier is not None:
+                self.follower.forget(tx_hash)
+                result = _Landed(earlier["height"], earlier["data"].split("\n"), _messages(earlier["log"]), [])
+            else:
+                result = self._landed(landed, tx_hash)
+            self._settle(rows, result, codes, messages, rewards, clicks, balances, heights, replay=True)
+            return []
         code = int(answer.get("code", 0))
         if code != 0:
             self.follower.forget(tx_hash)
             return _refused(rows, code, answer.get("log") or "", codes, messages)
+        self._settle(rows, self._landed(landed, tx_hash), codes, messages, rewards, clicks, balances, heights)
+        return []
+
+    def _landed(self, landed: concurrent.futures.Future, tx_hash: str) -> "_Landed":
         try:
-            result = landed.result(timeout=COMMIT_WAIT_S)
+            return landed.result(timeout=COMMIT_WAIT_S)
         except concurrent.futures.TimeoutError as err:
             self.follower.forget(tx_hash)
             raise ChainError(f"transaction {tx_hash} was admitted but is in no block after {COMMIT_WAIT_S:g} s") from err
+
+    @staticmethod
+    def _settle(rows, result: "_Landed", codes, messages, rewards, clicks, balances, heights, replay=False) -> None:
         for k, i in enumerate(rows):
             name, reward, click = (result.lines[k].split(":") + ["", "", ""])[:3]
+            heights[i] = result.height
+            if replay and name == Code.ACCEPTED.name:
+                codes[i], messages[i] = Code.NONCE_REPLAY, "nonce already used by an accepted proof of this account"
+                continue
             codes[i], messages[i] = Code[name], result.messages[k] if k < len(result.messages) else ""
+            if replay:
+                continue
             rewards[i], clicks[i] = int(reward or 0), int(click) if click else None
             balances[i] = int(result.balances[k]) if k < len(result.balances) and result.balances[k] else -1
-            heights[i] = result.height
-        return []
+
+
+def _messages(log_text: str) -> list[str]:
+    """A transaction result's messages: a ProofBatch's log is a JSON array of them, a proof's the one."""
+    return orjson.loads(log_text) if log_text.startswith("[") else [log_text]
 
 
 def _refused(rows: list[int], code: int, text: str, codes, messages) -> list[int]:
