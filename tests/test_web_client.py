@@ -212,9 +212,15 @@ def test_a_phone_proves_where_it_is_and_sees_its_triangle_subdivide(served, brow
     # Once the moratorium has passed the page says so, and the next proof lands in the child.
     page.wait_for_selector("#mineable[data-mineable='true']")
     _screenshot(page, "phone-subdivided.png")
+    # An accuracy of 1e-7 m is written in exponent form by JavaScript and by the validator alike
+    # (SPEC §2's N(x)): the proof is accepted only if both wrote the same message.
+    context.set_geolocation({"latitude": PHONE[0], "longitude": PHONE[1], "accuracy": 1e-7})
+    page.wait_for_selector("#position:has-text('accuracy 0 m')")
     page.click("#submit")
     assert "Accepted: +0.000061 STEP" in _answer(page, "ACCEPTED")
-    assert json.loads(page.text_content("#signed-proof"))["payload"]["triangleId"] == child
+    signed = json.loads(page.text_content("#signed-proof"))
+    assert signed["payload"]["triangleId"] == child
+    assert "|acc:1e-7|" in page.text_content("#signed-message") == crypto.canonical_message(signed["payload"])
     account = client.get(f"/account/{address}").json()["result"]
     assert (account["balanceMicro"], account["proofCount"]) == (REWARD_MICRO[14] + REWARD_MICRO[15], 2)
     page.wait_for_function("() => document.getElementById('balance').textContent === '0.000183'")
