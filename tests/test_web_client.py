@@ -144,6 +144,11 @@ def test_a_phone_proves_where_it_is_and_sees_its_triangle_subdivide(served, brow
     context, page, problems = browser
     page.goto(url)
 
+    # The first visit: the mesh around the phone, and no wallet yet.
+    page.wait_for_selector(f"path.tri-current[data-triangle-id='{HOME}']")
+    page.wait_for_selector("#create-wallet:visible")
+    _screenshot(page, "phone-first-visit.png", full_page=True)
+
     # A new wallet, kept in the page, and its key exported.
     page.click("#create-wallet")
     address = page.inner_text("#address")
