@@ -148,7 +148,8 @@ class Localnet:
         tmp.replace(self.state_path)
 
     def nodes(self, state: dict) -> list[Node]:
-        return [Node(**{k: v for k, v in node.items() if k not in ("rpc", "metrics", "api")}) for node in state["nodes"]]
+        return [Node(**{k: v for k, v in node.items() if k not in ("rpc", "metrics", "api")})
+                for node in state["nodes"]]
 
     # ------------------------------------------------------------------------------------ up
 

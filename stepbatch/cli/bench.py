@@ -25,6 +25,7 @@ import uuid
 import numpy as np
 
 from stepbatch.cli import UsageError
+from stepbatch.tools.benchreport import best, report_ratios, signature_ceiling
 
 _QUICK = dict(duration=5.0, sweep_duration=3.0, closed_proofs=3_000, baseline_proofs=200, walkers=100)
 
@@ -150,7 +151,8 @@ def _measure(args, config, traffic, uri) -> dict:
     proofs = traffic.proofs
     with Validator(MemoryStore(traffic.triangles), config) as warm:
         warm.validate(proofs.slice(0, 500))  # compile and load the kernels before anything is timed
-    report: dict = {"ceiling": _ceiling(proofs.slice(0, args.closed_proofs), config.threads, args.repeats),
+    report: dict = {"ceiling": signature_ceiling(proofs.slice(0, args.closed_proofs), config.threads,
+                                                 args.repeats),
                     "runs": []}
     configurations = [("b", False)] + ([] if args.skip_database else [("c", True)])
     plans = [("closed", None, args.closed_proofs)]
@@ -166,7 +168,7 @@ def _measure(args, config, traffic, uri) -> dict:
                 report["runs"].append({"config": label, "repeats": [r.summary() for r in runs]})
     if not args.skip_baseline:
         report["baseline"] = _baseline(traffic, uri, config, args.baseline_proofs, args.repeats)
-    report["ratios"] = _ratios(report)
+    report["ratios"] = report_ratios(report)
     return report
 
 
@@ -212,18 +214,6 @@ class _RunStore:
         self.store.close()
 
 
-def _ceiling(proofs, threads: int, repeats: int) -> dict:
-    from stepbatch.crypto import eip191, hexcodec, secp256k1
-
-    parsed = hexcodec.parse_signatures(proofs.column("signature"))
-    digests = eip191.eip191_digests(eip191.canonical_messages(proofs))[parsed.valid]
-    signatures = parsed.sig65[parsed.valid]
-    digest_list, signature_list = [d.tobytes() for d in digests], [s.tobytes() for s in signatures]
-    seconds = [secp256k1.ceiling_seconds(digest_list, signature_list, threads) for _ in range(repeats)]
-    rates = [len(digest_list) / s for s in seconds]
-    return {"recoveries": len(digest_list), "threads": threads, "per_s": rates}
-
-
 def _baseline(traffic, uri, config, rows: int, repeats: int) -> dict:
     from stepbatch.tools.baseline import OriginalServer
     from stepbatch.tools.loadtest import count_committed_clicks
@@ -243,34 +233,6 @@ def _baseline(traffic, uri, config, rows: int, repeats: int) -> dict:
                      "lost": max(accepted - committed, 0), "stage_s": run.stage_s})
         print(f"d closed: {run.throughput_per_s:,.0f} proofs/s", file=sys.stderr)
     return {"repeats": runs}
-
-
-def _best(repeats: list[dict], key: str = "throughput_per_s") -> float:
-    return max(r[key] for r in repeats)
-
-
-def _ratios(report: dict) -> dict:
-    """b/a and c/d from the best closed-loop run of each configuration (any batch size and wait),
-    and the highest offered rate whose p99 stayed under 1 s in every repeat."""
-    closed: dict[str, float] = {}
-    for run in report["runs"]:
-        if run["repeats"][0]["mode"] == "closed":
-            closed[run["config"]] = max(closed.get(run["config"], 0.0), _best(run["repeats"]))
-    ratios = {}
-    ceiling = report["ceiling"].get("per_s")
-    if ceiling and "b" in closed:
-        ratios["b/a"] = closed["b"] / max(ceiling)
-    if "baseline" in report and "c" in closed:
-        ratios["c/d"] = closed["c"] / _best(report["baseline"]["repeats"])
-    for label in ("b", "c", "s", "n"):
-        until = "verdict_latency_ms" if label == "b" else "commit_latency_ms"
-        open_runs = [r["repeats"] for r in report["runs"] if r["config"] == label
-                     and r["repeats"][0]["mode"] == "open"]
-        if open_runs:
-            under = [reps[0]["offered_per_s"] for reps in open_runs
-                     if max(x[until]["p99"] for x in reps) < 1_000]
-            ratios[f"highest offered rate with p99 < 1 s ({label})"] = max(under) if under else None
-    return ratios
 
 
 def _span(values: list[float], fmt: str = "{:,.0f}") -> str:
@@ -343,7 +305,7 @@ def _write(report: dict, out_dir: pathlib.Path) -> None:
     figure, (throughput_axis, latency_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, until in (("b", "verdict_latency_ms"), ("c", "commit_latency_ms"), ("s", "commit_latency_ms"),
                          ("n", "commit_latency_ms")):
-        points = sorted((r["repeats"][0]["offered_per_s"], _best(r["repeats"]),
+        points = sorted((r["repeats"][0]["offered_per_s"], best(r["repeats"]),
                          min(x[until]["p99"] for x in r["repeats"])) for r in open_runs if r["config"] == label)
         if points:
             offered, throughput, p99 = zip(*points)

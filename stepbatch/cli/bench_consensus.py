@@ -24,15 +24,18 @@ import numpy as np
 
 from stepbatch.abci.transactions import MAX_BATCH_PROOFS
 from stepbatch.cli import UsageError
-from stepbatch.cli.bench_http import _PER_WALKER_S, _declare
+from stepbatch.tools.benchreport import (
+    PROOFS_PER_WALKER_S,
+    declare_traffic,
+    report_ratios,
+    signature_ceiling,
+)
 from stepbatch.protocol import Code
 from stepbatch.tools.httpload import drive
 from stepbatch.tools.loadtest import BatchRecord, LoadRun
 
 
 def measure(args, config) -> dict:
-    from stepbatch.cli.bench import _ceiling, _ratios
-
     rpcs = [url.strip().rstrip("/") for url in (args.rpc or "").split(",") if url.strip()]
     if not rpcs:
         raise UsageError("--target cometbft needs --rpc URL[,URL…] (a node's RPC, e.g. from localnet.json)")
@@ -45,8 +48,8 @@ def measure(args, config) -> dict:
               f"codes {dict(sorted(run.counts.items()))}", file=sys.stderr)
         report["runs"].append({"config": "n", "repeats": [run.summary()]})
         report["blocks"].append(blocks)
-    report["ceiling"] = _ceiling(traffic.proofs.slice(0, args.closed_proofs), config.threads, 1)
-    report["ratios"] = _ratios(report)
+    report["ceiling"] = signature_ceiling(traffic.proofs.slice(0, args.closed_proofs), config.threads, 1)
+    report["ratios"] = report_ratios(report)
     return report
 
 
@@ -57,14 +60,14 @@ def _one_run(args, config, rpcs, mode, rate):
     from stepbatch.tools.httpload import arrival_offsets, request_bodies
 
     if mode == "open":
-        walkers, duration, proofs = max(1, int(rate / _PER_WALKER_S)), args.duration, None
+        walkers, duration, proofs = max(1, int(rate / PROOFS_PER_WALKER_S)), args.duration, None
     else:
         walkers, duration, proofs = max(10, args.closed_proofs // 4), None, args.closed_proofs
     start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3 + (proofs or rate * duration) / 20_000)
     # The chain keeps every nonce it has seen: each run's traffic is new (its seed moves with the start time).
     traffic = gen.generate(walkers=walkers, proofs=proofs, duration_s=duration,
                            seed=args.seed * 1_000_003 + int(start.timestamp()), start_time=start)
-    _declare(args, config, traffic)
+    declare_traffic(args, config, traffic)
     if not 1 <= args.tx_proofs <= MAX_BATCH_PROOFS:
         raise UsageError(f"--tx-proofs is 1-{MAX_BATCH_PROOFS}, got {args.tx_proofs}")
     bodies = request_bodies(traffic.proofs)

@@ -17,17 +17,17 @@ import urllib.error
 import urllib.request
 
 from stepbatch.cli import UsageError
+from stepbatch.tools.benchreport import (
+    PROOFS_PER_WALKER_S,
+    declare_traffic,
+    report_ratios,
+    signature_ceiling,
+)
 
-# Proofs per second that one walker sends on average, measured on generated traffic (gen's walkers
-# prove every 10.5-60 s, with attacks in between): offered rates of 575/1000, 141/300 and 946/2000
-# per second came from the first estimate, 1.25/35.25.
-_PER_WALKER_S = 1 / 56
 _LEAD_S = 3.0  # set-up time between generating the traffic and sending its first proof
 
 
 def measure(args, config) -> dict:
-    from stepbatch.cli.bench import _ceiling, _ratios
-
     _check_target(args.target)
     plans = [("closed", None)]
     if args.mode == "open":
@@ -43,8 +43,9 @@ def measure(args, config) -> dict:
                   f"codes {dict(sorted(run.counts.items()))}", file=sys.stderr)
             repeats.append(run.summary())
         report["runs"].append({"config": "s", "repeats": repeats})
-    report["ceiling"] = _ceiling(ceiling_traffic.proofs.slice(0, args.closed_proofs), config.threads, args.repeats)
-    report["ratios"] = _ratios(report)
+    report["ceiling"] = signature_ceiling(ceiling_traffic.proofs.slice(0, args.closed_proofs), config.threads,
+                                          args.repeats)
+    report["ratios"] = report_ratios(report)
     return report
 
 
@@ -63,7 +64,7 @@ def _one_run(args, config, mode: str, rate: float | None, repeat: int):
     from stepbatch.tools.httpload import HttpLoad, arrival_offsets, request_bodies
 
     if mode == "open":
-        walkers = max(1, math.ceil(rate / _PER_WALKER_S))
+        walkers = max(1, math.ceil(rate / PROOFS_PER_WALKER_S))
         duration = args.duration if rate == args.rate else args.sweep_duration
         rows_hint = rate * duration
     else:
@@ -73,7 +74,7 @@ def _one_run(args, config, mode: str, rate: float | None, repeat: int):
     traffic = gen.generate(walkers=walkers, proofs=None if duration else args.closed_proofs,
                            duration_s=duration, seed=args.seed * 1_000_003 + int(start.timestamp()) + repeat,
                            start_time=start)
-    _declare(args, config, traffic)
+    declare_traffic(args, config, traffic)
     bodies = request_bodies(traffic.proofs)
     load = HttpLoad(args.target, connections=args.connections)
     offsets = arrival_offsets(traffic.proofs)
@@ -84,15 +85,3 @@ def _one_run(args, config, mode: str, rate: float | None, repeat: int):
     if mode == "open":
         return traffic, load.run_open(bodies, offsets, offered_per_s=len(bodies) / max(offsets[-1], 1e-9))
     return traffic, load.run_closed(bodies)
-
-
-def _declare(args, config, traffic) -> None:
-    """Declare the traffic's triangles in the service's database when it was given."""
-    if not config.mongodb_uri:
-        return
-    from stepbatch.mesh.regions import IdRegion
-    from stepbatch.store.mongo import MongoStore
-
-    with MongoStore(config.mongodb_uri, config.db_name, config=config) as store:
-        store.declare(IdRegion.of_ids(traffic.triangles))
-

@@ -215,7 +215,8 @@ class ChainPipeline:
             return landed.result(timeout=COMMIT_WAIT_S)
         except concurrent.futures.TimeoutError as err:
             self.follower.forget(tx_hash)
-            raise ChainError(f"transaction {tx_hash} was admitted but is in no block after {COMMIT_WAIT_S:g} s") from err
+            raise ChainError(f"transaction {tx_hash} was admitted but is in no block after "
+                             f"{COMMIT_WAIT_S:g} s") from err
 
     @staticmethod
     def _settle(rows, result: "_Landed", codes, messages, rewards, clicks, balances, heights, replay=False) -> None:
