@@ -132,6 +132,8 @@ const refusal = (err) => ({
 
 async function submitProof() {
   state.busy = true;
+  state.answer = null;
+  view.renderAnswer(null, state.config);
   renderHere();
   try {
     // The triangle is looked up again for the position of this very proof.
