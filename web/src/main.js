@@ -178,7 +178,14 @@ function bindControls() {
   $("submit").addEventListener("click", () => quietly(submitProof()));
   $("refresh").addEventListener("click", refreshAll);
   $("create-wallet").addEventListener("click", () => useWallet(createWallet()));
-  $("connect-injected").addEventListener("click", async () => useWallet(await connectInjected()));
+  $("connect-injected").addEventListener("click", async () => {
+    try {
+      useWallet(await connectInjected());
+    } catch (err) {
+      view.setText("import-error", `The browser wallet did not connect: ${err.shortMessage ?? err.message}`);
+      $("import-error").hidden = false;
+    }
+  });
   $("import-wallet").addEventListener("click", () => {
     try {
       useWallet(importWallet($("import-key").value));
@@ -201,7 +208,10 @@ function bindControls() {
       useWallet(null);
     }
   });
-  window.addEventListener("online", () => setOnline(true));
+  window.addEventListener("online", () => {
+    setOnline(true);
+    refreshAll();
+  });
   window.addEventListener("offline", () => setOnline(false));
 }
 
@@ -217,7 +227,7 @@ async function start() {
   try {
     [state.settings, state.config] = await reach(() => Promise.all([api.settings(), api.proofConfig()]));
   } catch (err) {
-    view.setText("map-status", `The validator cannot be reached: ${err.message}. Reload when you are online.`);
+    view.setText("map-status", `The validator cannot be reached (${err.message}); trying again in 5 s.`);
     setTimeout(start, 5000);
     return;
   }
