@@ -1,6 +1,7 @@
 """The shipped alert rules and dashboards against a real Prometheus (SPEC §11): promtool accepts them;
 scraping a real `stepbatch serve`, every service dashboard expression returns series and ServiceDown
-fires when the service stops and resolves when it is back; scraping a real four-validator localnet,
+fires when the service stops and resolves when it is back; scraping a real four-validator localnet
+(CometBFT's metrics and the apps'), every consensus and app dashboard expression returns series,
 ValidatorOffline fires for a killed node, ConsensusStalled when two of four are down, and both resolve
 when `localnet up` restarts them."""
 
@@ -122,6 +123,7 @@ def test_validator_offline_and_consensus_stalled_fire_and_resolve(prometheus_ins
         wait_until(lambda: prometheus.query('changes(cometbft_consensus_height{job="cometbft"}[6s]) > 0'),
                    timeout_s=ALERT_WAIT_S, what="blocks to be seen committed")
         _every_panel_has_series(prometheus, "stepbatch-consensus")
+        _every_panel_has_series(prometheus, "stepbatch-abci")
         assert not prometheus.firing("ValidatorOffline") and not prometheus.firing("ConsensusStalled")
 
         _localnet("down", "--dir", str(directory), "--node", "3")
