@@ -64,6 +64,9 @@ export class MeshMap {
       this.draw(triangle, "tri tri-coarse tri-subdivided").bringToFront();
     }
     this.setMineable(mineable);
+    // The phone stays drawn above the mesh.
+    this.accuracy?.bringToFront();
+    this.you?.bringToFront();
     const level = around[0]?.level;
     const yours = around.find((t) => t.triangleId === current);
     if (yours && level !== this.framedLevel) {
