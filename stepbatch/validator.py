@@ -66,18 +66,22 @@ class Validator:
         self._recoverer = recovery.SignatureRecoverer(self.config.threads, memo)
 
     def validate(self, batch, batch_id: str | None = None, batch_time=None,
-                 stateless: StatelessResult | None = None) -> BatchResult:
+                 stateless: StatelessResult | None = None, fresh: bool = False) -> BatchResult:
         """Verdicts for `batch` against the store's current state; writes nothing. `stateless` is the
         result of `self.stateless` on the same proofs and batch time, when it was computed before
-        (the consensus app runs it while a block is proposed, and keeps it for the block's execution)."""
+        (the consensus app runs it while a block is proposed, and keeps it for the block's execution).
+        `fresh`: `batch` is a PROOF_SCHEMA table its caller has just read (`read_proofs`, or
+        `stepbatch.abci.transactions`), so it is not read again."""
         started = time.perf_counter()
-        proofs = read_proofs(batch)
+        proofs = batch if fresh else read_proofs(batch)
         timings = {"ingest": time.perf_counter() - started}
         return self._validate(proofs, batch_id, _batch_time_ms(batch_time), timings, stateless=stateless)
 
-    def stateless(self, proofs: pa.Table, batch_time=None) -> StatelessResult:
-        """Checks 1-5 of SPEC §4 (field rules, version, accuracy, clock drift, signature) on all cores."""
-        return stateless_checks(read_proofs(proofs), self.config, _batch_time_ms(batch_time), self._recoverer)
+    def stateless(self, proofs: pa.Table, batch_time=None, fresh: bool = False) -> StatelessResult:
+        """Checks 1-5 of SPEC §4 (field rules, version, accuracy, clock drift, signature) on all cores;
+        `fresh` as for `validate`."""
+        return stateless_checks(proofs if fresh else read_proofs(proofs), self.config, _batch_time_ms(batch_time),
+                                self._recoverer)
 
     def finalize(self, batch, batch_id: str, batch_time=None) -> BatchResult:
         """Validate and commit `batch` as `batch_id`: one transaction, no double spend under concurrency.

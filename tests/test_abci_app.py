@@ -419,3 +419,18 @@ def test_the_app_counts_blocks_verdicts_admissions_and_memo_lookups_in_its_metri
     assert value("stepbatch_abci_check_tx_total", {"result": "admitted"}) == 1
     assert value("stepbatch_abci_check_tx_total", {"result": "refused"}) == 1
     assert value("stepbatch_abci_signature_memo_hits_total") == 1  # CheckTx recovered it, the block did not
+
+
+def test_a_block_finalized_but_never_committed_is_executed_again_from_the_database(nodes):
+    node, twin = nodes("a"), nodes("b")
+    here = mesh.triangle_at(*WORLD_CENTRE, LEVEL)
+    txs = [tx(proof(KEYS[0], here, "once", T0_MS))]
+    stamp = Timestamp(seconds=T0_MS // 1000)
+    for each in (node, twin):
+        each.init()
+    # CometBFT went away after FinalizeBlock; its handshake asks Info, then executes the block again.
+    first = node.app.finalize_block(node.t.RequestFinalizeBlock(txs=txs, height=1, time=stamp))
+    node.app.info(node.t.RequestInfo())
+    again = node.block(1, txs, T0_MS)
+    assert [r.data for r in again.tx_results] == [r.data for r in first.tx_results] == [b"ACCEPTED:122:1"]
+    assert again.app_hash == first.app_hash == twin.block(1, txs, T0_MS).app_hash

@@ -151,6 +151,7 @@ class StepApplication:
         chain = self._read_chain()
         with self.lock:
             self.chain = chain
+            self._forget_uncommitted()
         return self.t.ResponseInfo(data="stepbatch", version=self.version, app_version=APP_VERSION,
                                    last_block_height=self.height, last_block_app_hash=self.app_hash)
 
@@ -214,7 +215,7 @@ class StepApplication:
         hopeless = set()
         if unknown and self.validator is not None:
             decoded = transactions.decode_all([txs[i] for i in unknown])
-            never = np.isin(self.validator.stateless(decoded.proofs, None).code, NEVER_ACCEPTED)
+            never = np.isin(self.validator.stateless(decoded.proofs, None, fresh=True).code, NEVER_ACCEPTED)
             hopeless = {i for j, i in enumerate(unknown) if never[decoded.rows_of(j)].all()}
         kept = [tx for i, tx in enumerate(txs) if i not in hopeless] + self.byzantine_txs
         return self.t.ResponsePrepareProposal(txs=transactions.within_bytes(kept, request.max_tx_bytes))
@@ -227,7 +228,7 @@ class StepApplication:
         decoded = transactions.decode_all(request.txs)
         with self.lock:
             if self.validator is not None:
-                stateless = self.validator.stateless(decoded.proofs, block_ms)
+                stateless = self.validator.stateless(decoded.proofs, block_ms, fresh=True)
                 spent_ms = (time.perf_counter() - started) * 1000
                 self._proposals[bytes(request.hash)] = _Proposal(block_ms, decoded, stateless, spent_ms)
                 while len(self._proposals) > PROPOSALS_KEPT:
@@ -249,6 +250,7 @@ class StepApplication:
             if request.height != self._next_height():
                 self._fatal(f"FinalizeBlock of height {request.height}, but this database has committed "
                             f"height {self.height}: a block is executed once, on the state before it")
+            self._forget_uncommitted()
             batch_id = f"{self.chain['chainId']}:{request.height}"
             proposal = self._proposals.pop(bytes(request.hash), None)
             if proposal is not None and proposal.block_ms == block_ms:
@@ -256,7 +258,7 @@ class StepApplication:
             else:
                 decoded, stateless, spent_ms = transactions.decode_all(request.txs), None, 0.0
             started = time.perf_counter()
-            result = self.validator.validate(decoded.proofs, batch_id, block_ms, stateless=stateless)
+            result = self.validator.validate(decoded.proofs, batch_id, block_ms, stateless=stateless, fresh=True)
             validate_ms = (time.perf_counter() - started) * 1000 + spent_ms
             plan = self.store.stage(result.outcome)
             app_hash = chain_genesis.next_app_hash(self.app_hash, result.digest, written_state_digest(plan))
@@ -277,6 +279,14 @@ class StepApplication:
             self.t.EventAttribute(key="memo_hits", value=str(self.memo.hits)),
             self.t.EventAttribute(key="memo_misses", value=str(self.memo.misses))])
         return self.t.ResponseFinalizeBlock(tx_results=tx_results, app_hash=app_hash, events=[timing])
+
+    def _forget_uncommitted(self) -> None:
+        """A block finalized but never committed (its CometBFT went away between the two) left its
+        effects staged in the store's cache; the block will be executed again from the database."""
+        if self._pending is not None:
+            log.warning("height %d was finalized but not committed; forgetting it", self._pending.height)
+            self.store.discard_staged()
+            self._pending = None
 
     def commit(self, request):
         with self.lock:

@@ -88,7 +88,7 @@ class Mempool:
         t = self.app.t
         decoded = transactions.decode_all(txs)
         proofs = decoded.proofs
-        stateless = validator.stateless(proofs, now)
+        stateless = validator.stateless(proofs, now, fresh=True)
         nonce_ids = pc.binary_join_element_wise(pc.utf8_lower(proofs.column("account")), proofs.column("nonce"),
                                                 ":").to_pylist()
         passed = np.flatnonzero(stateless.code == 0)
