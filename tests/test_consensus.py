@@ -271,6 +271,10 @@ def test_transactions_that_are_not_proofs_stop_no_node(net):
                what="every node to go on making blocks")
     assert all(process_running(pid) for node in net.state["nodes"] for pid in node["pids"])
     _honest_proof_committed_everywhere(net, "after-the-hostile-ones")
+    # Every app runs glibc's SSE2 build of sin, cos, asin and atan2, whatever the CPU has.
+    for node in net.state["nodes"]:
+        environ = pathlib.Path(f"/proc/{node['pids'][1]}/environ").read_bytes().split(b"\0")
+        assert b"GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2,-FMA" in environ
 
 
 def test_a_byzantine_proposer_cannot_halt_the_honest_nodes(net, tmp_path):
