@@ -228,7 +228,7 @@ def _walk_stream(body: bytes, max_rows: int) -> int:
     return batches
 
 
-def _check_batch(batch: "_Table", body_length: int, max_rows: int) -> int:
+def _check_batch(batch: _Table, body_length: int, max_rows: int) -> int:
     """A RecordBatch table's row count, after checking its arrays and buffers."""
     length = batch.scalar(0, "<q")
     if not 0 <= length <= max_rows:
@@ -285,7 +285,7 @@ class _Table:
         slot = self._slot(field)
         return self._unpack(fmt, self.at + slot) if slot else default
 
-    def table(self, field: int) -> "_Table":
+    def table(self, field: int) -> _Table:
         slot = self._slot(field)
         if not slot:
             raise ProofSourceError("not a readable Arrow IPC stream: a message lacks its header")

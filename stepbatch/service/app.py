@@ -15,11 +15,11 @@ signature recovers to that account, so nobody can spend it for someone else.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
 import functools
-import concurrent.futures
 import logging
 import re
 
@@ -35,8 +35,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from stepbatch.batching import BatchPolicy
 from stepbatch import crypto, logs
+from stepbatch.batching import BatchPolicy
 from stepbatch.ingest import ndjson
 from stepbatch.ingest.sources import ProofSourceError
 from stepbatch.ingest.untrusted import ARROW_STREAM, RowLimitExceeded, read_untrusted
@@ -49,8 +49,8 @@ from stepbatch.service.batcher import LiveBatcher, Overloaded, ShuttingDown
 from stepbatch.service.guard import CorsPolicy, Guard, http_error
 from stepbatch.service.limits import ReadGate, TokenBuckets, retry_after
 from stepbatch.service.metrics import ServiceMetrics
-from stepbatch.store.archive import BatchArchive
 from stepbatch.service.responses import JSON, STATUS_BY_CODE, iso_ms, proof_error, step_amount
+from stepbatch.store.archive import BatchArchive
 from stepbatch.store.base import StoreError
 from stepbatch.validator import Validator
 

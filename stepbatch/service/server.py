@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+from typing import ClassVar
 
 import orjson
 import uvicorn
@@ -42,8 +43,8 @@ def _refusal(status: int, reason: str, code: str, message: str, retry_after: str
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header and body deadlines and connection caps."""
 
-    limits = ConnectionLimits()
-    _per_ip: dict[str, int] = {}  # shared by every connection of one server (set per server class)
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    _per_ip: ClassVar[dict[str, int]] = {}  # shared by every connection of one server (set per server class)
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
