@@ -213,14 +213,15 @@ def _walk_stream(body: bytes, max_rows: int) -> int:
         header_type = message.scalar(1, "<B")
         if header_type == _RECORD_BATCH:
             batches += 1
-            rows += _check_batch(message.table(2), body_length, max_rows)
+            rows += _check_batch(message.table(2), body_length, max_rows, "a record batch declares {:,} rows")
             if batches > MAX_BATCHES:
                 raise ProofSourceError(f"the stream holds more than {MAX_BATCHES} record batches")
             if rows > max_rows:
                 raise RowLimitExceeded(f"the stream's record batches hold more than {max_rows:,} rows; "
                                        f"at most {max_rows:,} proofs go in one request")
         elif header_type == _DICTIONARY_BATCH:
-            dictionary_rows += _check_batch(message.table(2).table(1), body_length, max_rows)
+            dictionary_rows += _check_batch(message.table(2).table(1), body_length, max_rows,
+                                            "a dictionary batch declares {:,} values")
             if dictionary_rows > max_rows:
                 raise RowLimitExceeded(f"the stream's dictionaries hold more than {max_rows:,} values")
         elif header_type != _SCHEMA:
@@ -228,12 +229,11 @@ def _walk_stream(body: bytes, max_rows: int) -> int:
     return batches
 
 
-def _check_batch(batch: _Table, body_length: int, max_rows: int) -> int:
+def _check_batch(batch: _Table, body_length: int, max_rows: int, declares: str) -> int:
     """A RecordBatch table's row count, after checking its arrays and buffers."""
     length = batch.scalar(0, "<q")
     if not 0 <= length <= max_rows:
-        raise RowLimitExceeded(f"a record batch declares {length:,} rows; at most {max_rows:,} proofs go "
-                               f"in one request")
+        raise RowLimitExceeded(f"{declares.format(length)}; at most {max_rows:,} proofs go in one request")
     if batch.present(3):
         raise ProofSourceError("compressed Arrow IPC bodies are not accepted; send the stream uncompressed")
     for node_length, _null_count in batch.structs(1):
