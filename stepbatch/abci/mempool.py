@@ -165,3 +165,15 @@ def _refusal(kind: str, refused: list[tuple[Code, str]], total: int) -> str:
     lines = [f"{len(refused)} of the batch's {total} proofs are refused; a ProofBatch is admitted whole or not at all"]
     lines += [f"{code.name} {message}" for code, message in refused]
     return "\n".join(lines)
+
+
+def refused_proofs(log_text: str) -> dict[int, tuple[Code, str]]:
+    """The refused proofs a ProofBatch's CheckTx log names: index in the batch (from 0) → (code,
+    message). Empty for a log that names none (a one-proof transaction's, or an internal error's)."""
+    named = {}
+    for line in log_text.split("\n")[1:]:
+        name, _, rest = line.partition(" ")
+        number, _, message = rest.partition(": ")
+        if name in Code.__members__ and number.startswith("proof ") and number[6:].isdigit():
+            named[int(number[6:]) - 1] = (Code[name], message)
+    return named

@@ -3,8 +3,8 @@
 Proofs (generated to start a few seconds from now, so their timestamps agree with the blocks' times)
 go in transactions of --tx-proofs proofs each (a ProofBatch; 1: one-proof transactions), broadcast on
 schedule (open loop at --rate: a transaction leaves when its last proof arrives, as a gateway's batch
-would) or back to back on --connections connections (closed loop), round-robin over the given RPC
-endpoints, with `broadcast_tx_sync` (the CheckTx answer comes back) or `broadcast_tx_async`. A poller
+would, and one the node refuses for some of its proofs goes again without them) or back to back on
+--connections connections (closed loop), round-robin over the given RPC endpoints, with `broadcast_tx_sync` (the CheckTx answer comes back) or `broadcast_tx_async`. A poller
 follows the chain on the first endpoint block by block: a proof's latency is its arrival → the moment
 its block is seen committed, and its verdict is its line of the transaction's result. The report adds the block
 interval and, from the `stepbatch` event each block carries, how much of a block's time went to
@@ -22,6 +22,7 @@ import time
 import aiohttp
 import numpy as np
 
+from stepbatch.abci.mempool import refused_proofs
 from stepbatch.abci.transactions import MAX_BATCH_PROOFS
 from stepbatch.cli import UsageError
 from stepbatch.tools.benchreport import (
@@ -71,39 +72,45 @@ def _one_run(args, config, rpcs, mode, rate):
     if not 1 <= args.tx_proofs <= MAX_BATCH_PROOFS:
         raise UsageError(f"--tx-proofs is 1-{MAX_BATCH_PROOFS}, got {args.tx_proofs}")
     bodies = request_bodies(traffic.proofs)
-    firsts = list(range(0, len(bodies), args.tx_proofs))
-    txs = [bodies[i] if args.tx_proofs == 1 else b"[" + b",".join(bodies[i:i + args.tx_proofs]) + b"]"
-           for i in firsts]
-    spans = [(i, min(i + args.tx_proofs, len(bodies))) for i in firsts]
+    members = [list(range(i, min(i + args.tx_proofs, len(bodies)))) for i in range(0, len(bodies), args.tx_proofs)]
     offsets = arrival_offsets(traffic.proofs) if mode == "open" else None
     wait_s = int(traffic.proofs.column("received_at")[0].value) / 1000.0 - time.time()
     if wait_s > 0:
         time.sleep(wait_s)
-    run, blocks = asyncio.run(_drive(rpcs, txs, spans, offsets, args.connections, args.broadcast, rate))
+    run, blocks = asyncio.run(_drive(rpcs, bodies, members, offsets, args.connections, args.broadcast, rate))
     return traffic, run, blocks
 
 
-async def _drive(rpcs, txs, spans, offsets, connections, broadcast, rate):
-    """Per proof: arrival, commit and refusal times (s from the start) and its verdict code."""
-    n = spans[-1][1] if spans else 0
+def _transaction(bodies: list[bytes], rows: list[int], batch: bool) -> bytes:
+    return b"[" + b",".join(bodies[i] for i in rows) + b"]" if batch else bodies[rows[0]]
+
+
+async def _drive(rpcs, bodies, members, offsets, connections, broadcast, rate):
+    """Per proof: arrival, commit and refusal times (s from the start) and its verdict code. A
+    ProofBatch the node refuses for some of its proofs is sent again without them, as a gateway
+    does (`stepbatch.service.chain`)."""
+    n = len(bodies)
+    batch = max(map(len, members), default=1) > 1
+    members = list(members)
+    txs = [_transaction(bodies, rows, batch) for rows in members]
     hashes = {hashlib.sha256(tx).hexdigest().upper(): k for k, tx in enumerate(txs)}
     submitted, committed, refused = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     names = [code.name for code in Code]
     codes: list[str | None] = [None] * n
-    tx_offsets = None if offsets is None else np.array([offsets[last - 1] for _, last in spans])
+    tx_offsets = None if offsets is None else np.array([offsets[rows[-1]] for rows in members])
     blocks: list[dict] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),
                                      timeout=aiohttp.ClientTimeout(total=120)) as session:
         start = time.monotonic()
         first_height = await _height(session, rpcs[0])
         done = asyncio.Event()
-        poller = asyncio.create_task(_follow(session, rpcs[0], first_height, hashes, spans, committed, codes,
+        poller = asyncio.create_task(_follow(session, rpcs[0], first_height, hashes, members, committed, codes,
                                              blocks, start, done))
 
-        async def send(k: int) -> None:
-            first, last = spans[k]
-            sent = time.monotonic() - start
-            submitted[first:last] = sent if offsets is None else offsets[first:last]
+        async def send(k: int, again: bool = False) -> None:
+            rows = members[k]
+            if not again:
+                submitted[rows] = time.monotonic() - start if offsets is None else offsets[rows]
             body = {"jsonrpc": "2.0", "id": k, "method": f"broadcast_tx_{broadcast}",
                     "params": {"tx": base64.b64encode(txs[k]).decode()}}
             try:
@@ -111,12 +118,23 @@ async def _drive(rpcs, txs, spans, offsets, connections, broadcast, rate):
                     answer = await reply.json()
                 result = answer.get("result") or {}
                 code = int(result.get("code", 0))
-                if code != 0 and codes[first] is None:  # refused by CheckTx: never in a block
-                    name = names[code] if code < len(names) else str(code)
-                    codes[first:last] = [f"REFUSED_{name}"] * (last - first)
-                    refused[first:last] = time.monotonic() - start
+                if code == 0:
+                    return
+                # Refused by CheckTx: never in a block. A ProofBatch's log names its refused proofs.
+                named = refused_proofs(result.get("log") or "") if batch else {}
+                settled = named or dict.fromkeys(range(len(rows)), (code, ""))
+                for j, (refused_code, _) in settled.items():
+                    name = names[refused_code] if refused_code < len(names) else str(refused_code)
+                    codes[rows[j]], refused[rows[j]] = f"REFUSED_{name}", time.monotonic() - start
+                rest = [row for j, row in enumerate(rows) if j not in settled]
+                if rest and not again:
+                    members.append(rest)
+                    txs.append(_transaction(bodies, rest, batch))
+                    hashes[hashlib.sha256(txs[-1]).hexdigest().upper()] = len(txs) - 1
+                    await send(len(txs) - 1, again=True)
             except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-                codes[first:last] = [f"ERROR {type(err).__name__}"] * (last - first)
+                for row in rows:
+                    codes[row] = f"ERROR {type(err).__name__}"
 
         await drive(send, len(txs), start, tx_offsets, connections)
         # Every tx is settled once committed or refused at admission; the rest had 60 s more.
@@ -152,7 +170,7 @@ async def _height(session, url: str) -> int:
     return int((await _rpc(session, url, "status"))["sync_info"]["latest_block_height"])
 
 
-async def _follow(session, url, height, hashes, spans, committed, codes, blocks, start, done) -> None:
+async def _follow(session, url, height, hashes, members, committed, codes, blocks, start, done) -> None:
     """Read every block after `height` as it is committed; settle the proofs of the txs it holds."""
     from stepbatch.abci.rpc import time_ms
 
@@ -177,11 +195,12 @@ async def _follow(session, url, height, hashes, spans, committed, codes, blocks,
             k = hashes.get(hashlib.sha256(base64.b64decode(tx)).hexdigest().upper())
             if k is None:
                 continue
-            first, last = spans[k]
+            rows = members[k]
             lines = base64.b64decode(outcome.get("data") or "").decode().split("\n")
-            committed[first:last] = seen
-            codes[first:last] = [line.split(":", 1)[0] for line in lines][:last - first]
-            proofs += last - first
+            committed[rows] = seen
+            for row, line in zip(rows, lines):
+                codes[row] = line.split(":", 1)[0]
+            proofs += len(rows)
         blocks.append({"height": height, "time_ms": time_ms(block["header"]["time"]), "txs": len(txs),
                        "proofs": proofs, **timing})
 

@@ -26,7 +26,9 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from stepbatch import logs
 from stepbatch.abci import rpc
+from stepbatch.abci.mempool import refused_proofs
 from stepbatch.abci.transactions import MAX_BATCH_PROOFS
 from stepbatch.protocol import CODE_NAMES, Code
 from stepbatch.schema import API_KEYS, VERDICT_SCHEMA
@@ -207,7 +209,9 @@ class ChainPipeline:
         if code != 0:
             self.follower.forget(tx_hash)
             return _refused(rows, code, answer.get("log") or "", codes, messages)
-        self._settle(rows, self._landed(landed, tx_hash), codes, messages, rewards, clicks, balances, heights)
+        result = self._landed(landed, tx_hash)
+        self._settle(rows, result, codes, messages, rewards, clicks, balances, heights)
+        logs.event(log, "tx", tx_hash=tx_hash, height=result.height, proofs=len(rows))
         return []
 
     def _landed(self, landed: concurrent.futures.Future, tx_hash: str) -> "_Landed":
@@ -243,12 +247,7 @@ def _refused(rows: list[int], code: int, text: str, codes, messages) -> list[int
     if len(rows) == 1:
         codes[rows[0]], messages[rows[0]] = code if code < len(CODE_NAMES) else Code.INVALID_PAYLOAD, text
         return []
-    named = {}
-    for line in text.split("\n")[1:]:
-        name, _, rest = line.partition(" ")
-        number, _, message = rest.partition(": ")
-        if name in Code.__members__ and number.startswith("proof "):
-            named[int(number.removeprefix("proof ")) - 1] = (Code[name], message)
+    named = refused_proofs(text)
     if not named:  # a refusal that names no proof (an internal error): nothing can be resent
         for i in rows:
             codes[i], messages[i] = Code.INVALID_PAYLOAD, text
