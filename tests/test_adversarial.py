@@ -246,7 +246,8 @@ def test_db_serve_whose_server_was_killed_says_so_on_stderr(tmp_path):
             process.wait()
     assert process.returncode == 1 and "stopped" not in stdout
     (line,) = stderr.strip().splitlines()
-    assert line.startswith("stepbatch db serve: SecantusDB killed by signal 9; its log: ")
+    from stepbatch.store import servers
+    assert line.startswith(f"stepbatch db serve: {servers.chosen().title} killed by signal 9; its log: ")
 
 
 @pytest.mark.mongo

@@ -125,3 +125,110 @@ def test_resuming_with_another_batch_size_is_refused_with_one_line(
     assert result.stderr.strip().count("\n") == 0 and "--batch-size" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+# ------------------------------------------------------------------- crashes in the middle of a commit
+
+
+def wait_for_commits(batches, process: subprocess.Popen, at_least: int) -> None:
+    """Return once `batches` holds `at_least` documents, the process still running."""
+    deadline = time.monotonic() + 120
+    while batches.count_documents({}) < at_least:
+        assert process.poll() is None, f"replay ended early: {process.stderr.read()!r}"
+        assert time.monotonic() < deadline, "replay committed no batch in time"
+        time.sleep(0.01)
+
+
+def hold_next_commit(admin, db, process: subprocess.Popen) -> None:
+    """Hold the replay's next transaction after its first write (the commit sequence number), with a
+    failpoint of the server's test commands, and return once it is held: a write to the sequence
+    number then conflicts. The probe's own transaction is aborted, so it changes nothing; a replay
+    transaction it meets first is only retried."""
+    admin.admin.command("configureFailPoint", "failCommand", mode={"times": 1},
+                        data={"failCommands": ["insert"], "blockConnection": True, "blockTimeMS": 120_000,
+                              "appName": "stepbatch"})
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, f"replay ended early: {process.stderr.read()!r}"
+        assert time.monotonic() < deadline, "no commit was held in time"
+        try:
+            with db.client.start_session() as session:
+                session.start_transaction()
+                db.meta.update_one({"_id": "commitSeq"}, {"$set": {"probe": True}}, session=session)
+                session.abort_transaction()
+        except pymongo.errors.PyMongoError as err:
+            if err.has_error_label("TransientTransactionError"):
+                return
+            raise
+        time.sleep(0.01)
+
+
+def start_replay(proofs, out, uri: str, *extra) -> subprocess.Popen:
+    return subprocess.Popen(replay_command(proofs, out, *extra), cwd=ROOT, env=environment(uri, "crash"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.kill()
+    process.wait()
+    process.stderr.close()
+
+
+def nothing_partial(db) -> int:
+    """The number of committed batches, after checking that the state is exactly what the accepted
+    proofs of those batches give (a batch's writes are all there or none are)."""
+    assert event_log_mismatches(db) == []
+    return db.batches.count_documents({})
+
+
+@pytest.mark.both_servers
+def test_a_client_and_a_server_killed_mid_commit_leave_nothing_partial_and_a_resumed_replay_ends_alike(
+        proofs, uninterrupted, db_server, tmp_path):
+    if db_server == "uri":
+        pytest.skip("kills an embedded server of its own")
+    from stepbatch.store.embedded import EmbeddedServer
+
+    out = tmp_path / "verdicts.parquet"
+    server = EmbeddedServer(tmp_path / "db", server=db_server, test_commands=True).start()
+    try:
+        # Closing a client whose server was killed waits for the server up to its selection timeout.
+        with pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=5000) as admin:
+            db = admin["crash"]
+            # The client: SIGKILLed while its transaction is open on a live server.
+            replay = start_replay(proofs, out, server.uri)
+            try:
+                wait_for_commits(db.batches, replay, 3)
+                hold_next_commit(admin, db, replay)
+            finally:
+                stop(replay)
+            admin.admin.command("configureFailPoint", "failCommand", mode="off")
+            # Its transaction stays open on the server until its lifetime (60 s) ends, which a
+            # resumed run outwaits (STEPBATCH_COMMIT_WAIT_S); here an operator ends it.
+            admin.admin.command("killAllSessions", [])
+            committed = nothing_partial(db)
+
+            # The server: SIGKILLed while a resumed replay's transaction is open on it.
+            replay = start_replay(proofs, out, server.uri, "--resume")
+            try:
+                wait_for_commits(db.batches, replay, committed + 3)
+                hold_next_commit(admin, db, replay)
+                server.process.kill()
+                server.process.wait()
+            finally:
+                stop(replay)
+        server.close()
+        server = EmbeddedServer(tmp_path / "db", server=db_server).start()
+        with pymongo.MongoClient(server.uri) as client:
+            committed = nothing_partial(client["crash"])
+            resumed = subprocess.run(replay_command(proofs, out, "--resume"), cwd=ROOT,
+                                     env=environment(server.uri, "crash"), capture_output=True, text=True,
+                                     timeout=300)
+            assert resumed.returncode == 0, resumed.stderr
+            assert f"resumed after row {committed * BATCH_ROWS:,}" in resumed.stdout
+            assert nothing_partial(client["crash"]) == BATCHES
+            reference_digest, reference_verdicts = uninterrupted
+            assert state_digest(client["crash"]) == reference_digest
+    finally:
+        server.close()
+    verdicts = pq.read_table(out).drop_columns(TIMING_COLUMNS)
+    assert verdicts.to_pydict() == reference_verdicts.to_pydict()

@@ -14,7 +14,7 @@ import pytest
 from stepbatch import MemoryStore, Validator, mesh, read_proofs
 from stepbatch.config import Config
 from stepbatch.protocol import TriangleState, reward_micro
-from stepbatch.store import layout
+from stepbatch.store import layout, reads
 from stepbatch.store.base import PriorState, StaleStateError, StateKeys, StoreError
 from stepbatch.store.mongo import MongoStore
 from stepbatch.store.reads import IN_CHUNK
@@ -68,7 +68,12 @@ def test_empty_database_has_no_state(mongo_store):
     _assert_state_equal(mongo_store.load_state(keys), PriorState.empty(keys))
 
 
-def test_commit_round_trips_through_load_state_beyond_one_query_of_keys(mongo_store, traffic):
+@pytest.mark.both_servers
+def test_commit_round_trips_through_load_state_beyond_one_query_of_keys(mongo_store, traffic, monkeypatch):
+    # Servers that look $in ids up in the _id index take chunks of IN_CHUNK_INDEXED: this batch
+    # is read in several chunks on every server.
+    monkeypatch.setattr(reads, "IN_CHUNK_INDEXED", IN_CHUNK)
+    monkeypatch.setattr(reads, "_IN_CHUNKS", {})
     mongo_store.add_triangles(traffic.triangles)
     outcome = _outcome(mongo_store, traffic.proofs, "round-trip")
     assert len(outcome.keys.triangles) > IN_CHUNK and len(outcome.keys.nonces) > IN_CHUNK
@@ -165,6 +170,7 @@ def test_commit_racing_the_first_proof_of_an_account_is_stale(mongo_store):
     assert mongo_store.db.triangles.find_one({"_id": BASE})["clicks"] == 0
 
 
+@pytest.mark.both_servers
 def test_commit_of_a_nonce_used_meanwhile_is_stale(mongo_store):
     mongo_store.add_triangles([BASE])
     mongo_store.commit(_outcome(mongo_store, _clicks(BASE, range(1)), "b1"))
@@ -189,6 +195,7 @@ def test_second_commit_of_a_batch_id_is_stale_and_writes_nothing(mongo_store):
     assert _collections_snapshot(mongo_store.db) == before
 
 
+@pytest.mark.both_servers
 def test_failure_in_the_middle_of_a_commit_leaves_nothing_of_the_batch(mongo_uri, mongo_store):
     mongo_store.add_triangles([BASE])
     rows = _clicks(BASE, range(3)) + [dict(_clicks(BASE, range(3, 4))[0], lat=-10.0)]
@@ -297,6 +304,7 @@ def _finalize_all(uri: str, db_name: str, batches: list[tuple[str, pa.Table]], s
         return {batch_id: validator.finalize(batch, batch_id).counts for batch_id, batch in batches}
 
 
+@pytest.mark.both_servers
 def test_concurrent_finalizers_end_in_the_one_by_one_state(mongo_uri, mongo_db_name, traffic):
     with MongoStore(mongo_uri, mongo_db_name) as store:
         store.add_triangles(traffic.triangles)

@@ -43,6 +43,7 @@ def sequential(traffic) -> tuple[list[str], list[str]]:
     return codes, digests
 
 
+@pytest.mark.both_servers
 def test_overlapped_commits_give_the_one_by_one_verdicts_and_state(traffic, mongo_store):
     mongo_store.add_triangles(traffic.triangles)
     codes, digests = [], []
@@ -113,6 +114,7 @@ def honest(i: int, nonce: str) -> dict:
     return signed_row(ACCOUNT_KEYS[0], TRIANGLE, lat, lon, _T0_MS + 60_000 * i, nonce)
 
 
+@pytest.mark.both_servers
 def test_another_writer_empties_the_cache_so_its_writes_are_seen(mongo_uri, mongo_db_name):
     with MongoStore(mongo_uri, mongo_db_name, config=CONFIG) as mine, \
             MongoStore(mongo_uri, mongo_db_name, config=CONFIG) as theirs:

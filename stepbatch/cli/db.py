@@ -19,9 +19,12 @@ def register(subparsers) -> None:
     serve = commands.add_parser(
         "serve", help="run the embedded server in the foreground until Ctrl-C",
         description=(
-            "Start the embedded SecantusDB server on a loopback port with a persistent data "
-            "directory and keep it running until Ctrl-C (or SIGTERM), then stop it cleanly. Other "
-            "stepbatch processes reach it with the MONGODB_URI it prints."))
+            "Start the embedded SecantusDB server (the Rust one where scripts/bootstrap built it, "
+            "else the Python one; STEPBATCH_DB_SERVER=rust|python chooses) on a loopback port with a "
+            "persistent data directory and keep it running until Ctrl-C (or SIGTERM), then stop it "
+            "cleanly. It prints which server and version it started. Other stepbatch processes reach "
+            "it with the MONGODB_URI it prints, and a stepbatch command given the same data directory "
+            "connects to it."))
     serve.add_argument("--port", type=_port, default=0,
                        help="TCP port on 127.0.0.1 (default: a free one, printed at start)")
     serve.add_argument("--data-dir", default=None, metavar="DIR",
@@ -70,16 +73,16 @@ def run_serve(args: argparse.Namespace) -> int:
     from stepbatch.store.embedded import EmbeddedServer
 
     data_dir = args.data_dir or os.path.join(Config.from_env().data_dir, "db")
-    server = EmbeddedServer(data_dir, port=args.port)
+    server = EmbeddedServer(data_dir, port=args.port, attach=False)
     server.start()
-    print(f"SecantusDB serving {server.data_dir} (pid {server.pid}, log {server.log_path})")
+    print(f"{server.description} serving {server.data_dir} (pid {server.pid}, log {server.log_path})")
     print(f"MONGODB_URI={server.uri}", flush=True)
     code = server.serve_forever()
     if code in (0, None):
-        print("SecantusDB stopped", flush=True)
+        print(f"{server.description} stopped", flush=True)
         return 0
     reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-    print(f"stepbatch db serve: SecantusDB {reason}; its log: {server.log_path}", file=sys.stderr)
+    print(f"stepbatch db serve: {server.description} {reason}; its log: {server.log_path}", file=sys.stderr)
     return 1
 
 

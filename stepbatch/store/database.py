@@ -18,12 +18,9 @@ import time
 import numpy as np
 from bson.binary import Binary
 from bson.int64 import Int64
-from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
-from stepbatch import mesh
 from stepbatch.mesh import ids as mesh_ids
-from stepbatch.mesh import keys as mesh_keys
-from stepbatch.mesh import levels as mesh_levels
 from stepbatch.mesh.regions import IdRegion, LevelRegion, Regions
 from stepbatch.store.base import StoreError, brief
 from stepbatch.store.layout import LAYOUT_VERSION
@@ -42,7 +39,7 @@ class LayoutError(StoreError):
 
 def ensure_schema(db) -> bool:
     """Check the layout, create the collections' indexes (idempotent) and the meta documents; whether
-    triangles.polygon has its 2dsphere index (only where the server's geo queries are exact)."""
+    triangles.polygon has a 2dsphere index (one its operator created: stepbatch makes none)."""
     check_layout(db)
     db.meta.update_one({"_id": LAYOUT_ID}, {"$setOnInsert": {"version": LAYOUT_VERSION}}, upsert=True)
     db.meta.update_one({"_id": SEQ_ID}, {"$setOnInsert": {"seq": Int64(0)}}, upsert=True)
@@ -50,13 +47,12 @@ def ensure_schema(db) -> bool:
     # SecantusDB (parentId, level and state took a triangle update from 0.53 to 1.29 ms), and what
     # reads a level uses `_id` ranges (see level_filter).
     db.verdicts.create_index("accounts")
-    if not geo_lookup_is_exact(db):
-        return False
-    try:
-        db.triangles.create_index([("polygon", "2dsphere")])
-    except OperationFailure:
-        return False
-    return True
+    # Nor a 2dsphere index on polygon: nothing of stepbatch queries one (triangles_at walks the mesh),
+    # and on the Rust server, whose $geoIntersects is exact, it made a triangle insert 50 → 163 µs
+    # and a click update 171 → 249 µs. A tool that wants geo queries over materialized triangles
+    # creates it: db.triangles.create_index([("polygon", "2dsphere")]).
+    return any(key == [("polygon", "2dsphere")] for key in
+               (index["key"] for index in db.triangles.index_information().values()))
 
 
 def check_layout(db) -> None:
@@ -204,42 +200,3 @@ def is_duplicate_key(err: PyMongoError) -> bool:
 
 def redacted(uri: str) -> str:
     return re.sub(r"//[^@/]*@", "//***@", uri)
-
-
-_GEO_EXACT: dict[tuple, bool] = {}
-_GEO_PROBE_POINTS = ((89.9, 10.0), (48.85, 2.35), (-33.9, 151.2), (-60.0, -60.0))
-
-
-def geo_lookup_is_exact(db) -> bool:
-    """Whether `$geoIntersects` on this server answers SPEC §3's spherical containment exactly.
-
-    A 2dsphere index reads polygon edges as geodesics, which is the mesh's geometry; a server whose
-    geo support only approximates it (SecantusDB 0.7 misses points near the poles and matches
-    neighbours of points well inside a face) fails this probe, and then gets no 2dsphere index at
-    all: its index keys cost 15-50 ms per triangle written, which would dominate every commit.
-    Probed once per server and process, on the 20 faces of level 1 in a scratch collection.
-    """
-    cache_key = (db.client.address,)
-    if cache_key in _GEO_EXACT:
-        return _GEO_EXACT[cache_key]
-    probe = db["stepbatch_geo_probe"]
-    keys = next(mesh_levels.iter_level_keys(1))
-    ids = mesh_ids.encode_keys(keys).to_pylist()
-    rings = mesh_keys.rings_of_keys(keys).tolist()
-    try:
-        probe.drop()
-        probe.insert_many([{"_id": i, "polygon": {"type": "Polygon", "coordinates": [ring]}}
-                           for i, ring in zip(ids, rings)])
-        probe.create_index([("polygon", "2dsphere")])
-        exact = True
-        for lat, lon in _GEO_PROBE_POINTS:
-            point = {"type": "Point", "coordinates": [lon, lat]}
-            found = {doc["_id"] for doc in probe.find({"polygon": {"$geoIntersects": {"$geometry": point}}},
-                                                      {"_id": 1})}
-            exact = exact and found == {i for i in ids if mesh.contains(i, lat, lon)}
-    except OperationFailure:
-        exact = False
-    finally:
-        probe.drop()
-    _GEO_EXACT[cache_key] = exact
-    return exact

@@ -1,17 +1,17 @@
 """The embedded default database of SPEC §5: a SecantusDB server in its own process.
 
-SecantusDB speaks the MongoDB wire protocol on top of WiredTiger, with multi-document transactions.
-It runs `--standalone`: it then keeps no oplog, which nothing of stepbatch reads (no change streams)
-and which cost every inserted document a second encode and write (a triangle insert: 258 µs with
-it, 62 µs without) and, once the oplog reached its cap, a prune; its transactions are the same.
-It runs as a child process (never in ours: its accept loop and WiredTiger would share our GIL with
-the Numba and signature stages) on a loopback port, keeps its data in a persistent directory and
-writes its log beside the data. Every way it can fail to start becomes one `StoreError` saying why.
+SecantusDB speaks the MongoDB wire protocol on top of WiredTiger, with multi-document transactions;
+which of its servers runs (the Rust one where it is installed, else the Python one) is
+`stepbatch.store.servers`' choice. It runs as a child process (never in ours: its accept loop and
+WiredTiger would share our GIL with the Numba and signature stages) on a loopback port, keeps its
+data in a persistent directory and writes its log beside the data. One server serves a data
+directory: a second command on the same directory connects to it (`stepbatch.store.datadir`).
+Every way it can fail to start becomes one `StoreError` saying why.
 
 Its WiredTiger cache is sized as mongod sizes its own, half of (memory − 1 GiB), at least 256 MiB,
-rather than SecantusDB's 1 GiB. With 1 GiB, a database of 1,000,000 committed proofs kept
-WiredTiger's eviction threads busy beside the server's own (the process at 130-145% of a core where
-it is at 85-93% with the larger cache) and its last batches committed 15% slower.
+rather than SecantusDB's 1 GiB. With 1 GiB, a database of 1,000,000 committed proofs kept the Python
+server's WiredTiger eviction threads busy beside the server's own (the process at 130-145% of a core
+where it is at 85-93% with the larger cache) and its last batches committed 15% slower.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ import time
 import pymongo
 from pymongo.errors import PyMongoError
 
+from stepbatch.store import datadir, servers
 from stepbatch.store.base import StoreError
+from stepbatch.store.datadir import LOCK_NAME, lock_holder  # noqa: F401  (re-exported)
 
 LOG_NAME = "server.log"
 CONFIG_NAME = "secantusd.stepbatch.toml"
-LOCK_NAME = "WiredTiger.lock"  # WiredTiger's exclusive (fcntl) lock on its home directory
 MIN_FREE_BYTES = 64 * 2**20  # WiredTiger preallocates a 10 MiB log file and needs room for its tables
 
 
@@ -50,82 +51,115 @@ def default_cache_mib() -> int:
     return max(256, int((ram - 2**30) / 2 / 2**20))
 
 
-_LISTENING = re.compile(rb"secantus listening on (\S+):(\d+)")
+# "secantus listening on 127.0.0.1:41234" (Python server), "secantusd-rs listening on …" (Rust).
+_LISTENING = re.compile(rb"secantus(?:d-rs)? listening on (\S+):(\d+)")
 _PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedServer:
     """A SecantusDB server process: `start()` (or `with`), `uri`, `close()`, `serve_forever()`.
 
-    `data_dir` is created when missing and reopened intact across restarts; `port=0` takes a free
-    loopback port (read back from the server's log, so there is no window in which another process
-    can take it); `test_commands` enables `configureFailPoint` for fault-injection tests.
+    `data_dir` is created when missing and reopened intact across restarts. When a live server
+    already serves it, `start()` connects to that one (`shared` is then true, and `close()` leaves it
+    running) unless `attach=False`, which makes that an error. `port=0` takes a free loopback port
+    (read back from the server's output, so there is no window in which another process can take it);
+    `test_commands` enables `configureFailPoint` for fault-injection tests; `server` is `rust`,
+    `python` or None for `stepbatch.store.servers.chosen()`.
     """
 
     def __init__(self, data_dir: str | os.PathLike, port: int = 0, test_commands: bool = False,
-                 host: str = "127.0.0.1", start_timeout_s: float = 60.0, cache_mib: int | None = None):
+                 host: str = "127.0.0.1", start_timeout_s: float = 60.0, cache_mib: int | None = None,
+                 server: str | None = None, attach: bool = True):
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.host = host
         self.port = int(port)
         self.test_commands = test_commands
         self.start_timeout_s = start_timeout_s
         self.cache_mib = cache_mib or default_cache_mib()
+        self.kind = servers.chosen(server)
+        self.attach = attach
         self.log_path = self.data_dir / LOG_NAME
         self.process: subprocess.Popen | None = None
+        self.shared: datadir.ServedBy | None = None
 
     @property
     def uri(self) -> str:
+        if self.shared is not None:
+            return self.shared.uri
         if self.process is None:
             raise StoreError("the embedded server is not running")
         return f"mongodb://{self.host}:{self.port}/?directConnection=true"
 
     @property
     def pid(self) -> int | None:
+        if self.shared is not None:
+            return self.shared.pid
         return self.process.pid if self.process is not None else None
 
+    @property
+    def description(self) -> str:
+        """Which server runs and its version, e.g. 'SecantusDB Rust server (secantusd-rs) 0.5.3-beta.196'."""
+        if self.shared is not None:
+            return f"{self.shared.server} {self.shared.version}"
+        return self.kind.title
+
     def start(self) -> "EmbeddedServer":
-        """Spawn the server and return once it answers `ping`; StoreError saying why if it cannot."""
-        if self.process is not None:
+        """Spawn the server (or connect to the one serving the data directory) and return once it
+        answers `ping`; StoreError saying why if it cannot."""
+        if self.process is not None or self.shared is not None:
             return self
         self._prepare_data_dir()
-        holder = lock_holder(self.data_dir / LOCK_NAME)
-        if holder is not None:
-            raise StoreError(self._locked_message(holder))
+        if self._found_running():
+            return self
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        command = [sys.executable, "-m", "secantus", "--config", str(self.data_dir / CONFIG_NAME),
-                   "--host", self.host, "--port", str(self.port), "--storage-path", str(self.data_dir),
-                   "--log-level", "INFO", "--standalone", "--cache-size", f"{self.cache_mib}M"]
-        if self.test_commands:
-            command.append("--enable-test-commands")
+        command = self.kind.command(config=self.data_dir / CONFIG_NAME, host=self.host, port=self.port,
+                                    data_dir=self.data_dir, cache_mib=self.cache_mib,
+                                    test_commands=self.test_commands)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.data_dir, start_new_session=True, preexec_fn=_die_with_parent_preexec())
+                cwd=self.data_dir, env=self.kind.environment(), start_new_session=True,
+                preexec_fn=_die_with_parent_preexec())
         atexit.register(self.close)
         try:
             self.port = self._wait_until_listening(log_offset)
             self._wait_until_answering()
+            datadir.write_record(self.data_dir, self.process.pid, self.kind.label, self.kind.version,
+                                 self.host, self.port)
+        except StoreError as err:
+            self.close()
+            # Two commands that started at once: the other one's server took the lock first.
+            if "is locked by" in str(err) and self._found_running():
+                return self
+            raise
         except BaseException:
             self.close()
             raise
         return self
 
     def close(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL if it does not exit in time); idempotent."""
+        """Stop the server we started (SIGTERM, then SIGKILL if it does not exit in time), or let go
+        of a shared one; idempotent."""
         atexit.unregister(self.close)
+        self.shared = None
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        datadir.remove_record(self.data_dir, process.pid)
 
     def serve_forever(self) -> int:
         """Run in the foreground until the server exits or Ctrl-C / SIGTERM; the server's exit code."""
         self.start()
+        if self.process is None:
+            raise StoreError(f"data directory {self.data_dir} is already served by process {self.pid} "
+                             f"({self.description}) at {self.uri}")
         previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) \
             if threading.current_thread() is threading.main_thread() else None
         try:
@@ -144,6 +178,21 @@ class EmbeddedServer:
         self.close()
 
     # ---------------------------------------------------------------------------------- start-up
+
+    def _found_running(self) -> bool:
+        """Whether a live server serves the data directory (then we share it, if we may)."""
+        served = datadir.find_server(self.data_dir, self.start_timeout_s)
+        if served is None:
+            return False
+        if not self.attach:
+            raise StoreError(f"data directory {self.data_dir} is already served by process {served.pid} "
+                             f"({served.server} {served.version}) at {served.uri}; use that "
+                             f"MONGODB_URI, or stop it first")
+        if self.port and served.port != self.port:
+            raise StoreError(f"data directory {self.data_dir} is already served by process {served.pid} "
+                             f"on port {served.port}, not {self.port}; use MONGODB_URI={served.uri}")
+        self.shared = served
+        return True
 
     def _prepare_data_dir(self) -> None:
         try:
@@ -200,44 +249,21 @@ class EmbeddedServer:
     def _failure_message(self, log_offset: int, what: str) -> str:
         """One line for the most likely cause, then the last lines of the server's log."""
         text = self._log_since(log_offset).decode("utf-8", "replace")
-        if "already being managed by another process" in text or "WiredTiger.lock" in text:
+        if _LOCKED.search(text):
             holder = lock_holder(self.data_dir / LOCK_NAME)
-            return self._locked_message(holder)
-        if "Address already in use" in text:
+            who = f"process {holder}" if holder is not None else "another process"
+            return f"data directory {self.data_dir} is locked by {who}: another database server is using it"
+        if "Address already in use" in text or "address in use" in text.lower():
             return (f"port {self.port} on {self.host} is already in use; choose another port "
                     f"(or 0 for a free one)")
         if "No space left on device" in text:
             return f"disk full: the embedded server cannot write to {self.data_dir}"
         tail = "\n".join(text.strip().splitlines()[-12:])
-        return f"embedded SecantusDB server {what}; last lines of {self.log_path}:\n{tail}"
-
-    def _locked_message(self, holder: int | None) -> str:
-        who = f"process {holder}" if holder is not None else "another process"
-        return (f"data directory {self.data_dir} is locked by {who}: another database server is "
-                f"using it; stop that server or choose another data directory")
+        return f"embedded {self.kind.title} {what}; last lines of {self.log_path}:\n{tail}"
 
 
-def lock_holder(lock_path: pathlib.Path) -> int | None:
-    """Pid of the process holding a POSIX lock on `lock_path` (from /proc/locks), or None."""
-    try:
-        stat = os.stat(lock_path)
-        with open("/proc/locks") as locks:
-            lines = locks.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        # "1: POSIX  ADVISORY  WRITE 5454 fe:00:2196379 0 EOF"; blocked waiters carry a "->" field.
-        if "->" in fields or len(fields) < 6:
-            continue
-        try:
-            major, minor, inode = fields[5].split(":")
-            if (int(inode) == stat.st_ino and int(major, 16) == os.major(stat.st_dev)
-                    and int(minor, 16) == os.minor(stat.st_dev)):
-                return int(fields[4])
-        except ValueError:
-            continue
-    return None
+# WiredTiger's words when another process holds its home directory.
+_LOCKED = re.compile(r"already being managed by another process|WiredTiger\.lock|Resource temporarily unavailable")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -260,8 +286,8 @@ def _die_with_parent_preexec():
     """On Linux, make the server die with us if we die without running atexit (SIGKILL, crash).
 
     The signal is SIGKILL: SecantusDB's graceful SIGTERM shutdown was seen to hang on a loaded
-    machine once its client had vanished, and WiredTiger's log already makes a killed server lose
-    no committed transaction. The kernel ties this to the *thread* that forked, so it is set only
+    machine once its client had vanished, and with --sync-on-commit (see `stepbatch.store.servers`)
+    a killed server loses no committed transaction. The kernel ties this to the *thread* that forked, so it is set only
     when starting from the main thread: a server started from a worker thread would otherwise stop
     when that thread ends.
     """

@@ -15,16 +15,28 @@ from stepbatch.mesh import ids as mesh_ids
 from stepbatch.mesh import keys as mesh_keys
 from stepbatch.mesh.regions import Regions
 from stepbatch.protocol import TriangleState
-from stepbatch.store import documents, layout
+from stepbatch.store import documents, layout, servers
 from stepbatch.store.base import PriorState, StateKeys, StoreError, brief
 from stepbatch.store.cache import StateCache, nonce_hashes
 
-# Keys per `{_id: {$in: [...]}}` query. SecantusDB re-applies `$in` linearly to every matched
-# document, so a query costs ~ chunk² on top of its round trip (one query of 1,000 ids: 0.6 s; of
-# 10,000: 59 s). Measured on 5,000 triangle-id lookups in an 82k-triangle collection (2 shared
-# cores, best of 3): chunks of 10 / 20 / 40 / 60 / 100 / 150 / 250 ids took
-# 77 / 59 / 58 / 64 / 80 / 105 / 153 µs per id.
+# Keys per `{_id: {$in: [...]}}` query. SecantusDB's Python server re-applies `$in` linearly to every
+# matched document, so a query costs ~ chunk² on top of its round trip (one query of 1,000 ids:
+# 0.6 s; of 10,000: 59 s). Measured on 5,000 triangle-id lookups in an 82k-triangle collection (2
+# shared cores, best of 3): chunks of 10 / 20 / 40 / 60 / 100 / 150 / 250 ids took
+# 77 / 59 / 58 / 64 / 80 / 105 / 153 µs per id. The Rust server (like mongod) does not: 4,000 ids
+# of 200,000 accounts in chunks of 40 / 200 / 1,000 / 4,000 took 66 / 45 / 42 / 98 µs per id (the
+# Python server: 314 / 832 / 4,270 / 12,587).
 IN_CHUNK = 40
+IN_CHUNK_INDEXED = 1_000
+_IN_CHUNKS: dict = {}
+
+
+def in_chunk(db) -> int:
+    """IN_CHUNK on SecantusDB's Python server, IN_CHUNK_INDEXED on any other; asked once per server."""
+    key = frozenset(db.client.nodes)
+    if key not in _IN_CHUNKS:
+        _IN_CHUNKS[key] = IN_CHUNK if servers.is_python_server(db.client) else IN_CHUNK_INDEXED
+    return _IN_CHUNKS[key]
 
 
 def _from_cache(lookup, keys: list[str], fill) -> list[int]:
@@ -158,8 +170,9 @@ def find_in(db, collection: str, ids: list, projection: dict) -> list[dict]:
     """Documents whose _id is in `ids`, chunked (see IN_CHUNK)."""
     found: list[dict] = []
     coll = db[collection]
-    for start in range(0, len(ids), IN_CHUNK):
-        found.extend(coll.find({"_id": {"$in": ids[start:start + IN_CHUNK]}}, projection))
+    chunk = in_chunk(db)
+    for start in range(0, len(ids), chunk):
+        found.extend(coll.find({"_id": {"$in": ids[start:start + chunk]}}, projection))
     return found
 
 
