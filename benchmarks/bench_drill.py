@@ -82,7 +82,17 @@ def drill(args, work: pathlib.Path) -> dict:
     with MongoStore(server.uri, DB, config=config) as store, Validator(store, config) as validator, \
             pymongo.MongoClient(server.uri, tz_aware=True) as client:
         store.declare(IdRegion.of_ids(traffic.triangles))
-        backup_thread = None
+        committed = {"rows": 0}
+        backup_thread = threading.Thread(target=_backup, args=(client, work / "backup", backup_done))
+
+        def archived(done, batch, batch_id: str, batch_time: int) -> None:
+            # On the committer's thread, as `stepbatch serve --archive` does it.
+            archive.write(done.result().outcome.prior.seq + 1, batch_id, batch_time, batch)
+            committed["rows"] += batch.num_rows
+            if not backup_thread.is_alive() and "snapshot_at" not in backup_done \
+                    and committed["rows"] >= args.backup_at * proofs.num_rows:
+                backup_thread.start()
+
         write_started = time.perf_counter()
         with Pipeline(validator) as pipeline:
             pending = []
@@ -90,12 +100,8 @@ def drill(args, work: pathlib.Path) -> dict:
                 batch = proofs.slice(first, args.batch_size)
                 batch_id, batch_time = f"drill-{k:06d}", 1_759_667_373_074 + first * 10
                 future = pipeline.submit(batch, batch_id, batch_time)
-                future.add_done_callback(lambda done, b=batch, i=batch_id, t=batch_time: archive.write(
-                    done.result().outcome.prior.seq + 1, i, t, b))
+                future.add_done_callback(lambda done, b=batch, i=batch_id, t=batch_time: archived(done, b, i, t))
                 pending.append(future)
-                if backup_thread is None and first + batch.num_rows >= args.backup_at * proofs.num_rows:
-                    backup_thread = threading.Thread(target=_backup, args=(client, work / "backup", backup_done))
-                    backup_thread.start()
             for future in pending:
                 future.result()
         write_ended = time.perf_counter()

@@ -257,7 +257,9 @@ class LiveBatcher:
                 self.metrics.proofs.labels(code=code).inc(count)
         self.last_batch = {"batchId": batch_id, "rows": result.verdicts.num_rows,
                            "committedAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")}
-        logs.event(log, "batch", batch_id=batch_id, rows=result.verdicts.num_rows, counts=result.counts,
+        # In front of a chain the batch is committed as `{chain_id}:{height}` of its (last) block.
+        block = {"block": result.batch_id} if result.batch_id != batch_id else {}
+        logs.event(log, "batch", batch_id=batch_id, **block, rows=result.verdicts.num_rows, counts=result.counts,
                    validate_ms=round(validate_s * 1000, 1), commit_ms=round(timings.get("commit", 0.0) * 1000, 1),
                    total_ms=round((time.monotonic() - closed_s) * 1000, 1))
 
