@@ -116,6 +116,10 @@ async def _drive(rpcs, bodies, members, offsets, connections, broadcast, rate):
             try:
                 async with session.post(rpcs[k % len(rpcs)], json=body) as reply:
                     answer = await reply.json()
+                if "error" in answer:  # the node took no decision: e.g. its mempool is full
+                    for row in rows:
+                        codes[row], refused[row] = "RPC_ERROR", time.monotonic() - start
+                    return
                 result = answer.get("result") or {}
                 code = int(result.get("code", 0))
                 if code == 0:
