@@ -19,10 +19,14 @@ cuts it into batches and measures, in one run on the same cores:
     walkers first click a few large triangles many times, later a small new one at almost every
     step); the probes compare like with like.
 
-With `--cache-only`, no database: every validated batch is written through a `StateCache` as a
-commit would, and the cache's size is reported (its content does not depend on the database).
+`--servers rust,python` runs (b)-(d) once on each embedded server (each its own `stepbatch db serve`
+on a fresh data directory, one after the other) against the same validate-only figure (a), and ends
+with one line per server. With `--cache-only`, no database: every validated batch is written through
+a `StateCache` as a commit would, and the cache's size is reported (its content does not depend on
+the database).
 
     .venv/bin/python benchmarks/bench_state.py [--proofs 1000000] [--walkers 600] [--batch 6000]
+                                                [--servers rust,python]
                                                 [--plot benchmarks/results/state-history.png]
 """
 
@@ -32,6 +36,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,13 +55,16 @@ from stepbatch.store.mongo import MongoStore
 from stepbatch.tools import gen
 
 
-def serve_database(data_dir: str) -> tuple[subprocess.Popen, str]:
-    """`stepbatch db serve` in the background; its process and MONGODB_URI."""
+def serve_database(data_dir: str, server: str | None) -> tuple[subprocess.Popen, str, str]:
+    """`stepbatch db serve` in the background on `server` (None: the default); its process,
+    MONGODB_URI and the server it says it started."""
+    env = {**os.environ, "STEPBATCH_DB_SERVER": server} if server else None
     process = subprocess.Popen([sys.executable, "-m", "stepbatch", "db", "serve", "--data-dir", data_dir],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    started = process.stdout.readline().split(" serving ")[0]
     for line in process.stdout:
         if line.startswith("MONGODB_URI="):
-            return process, line.strip().split("=", 1)[1]
+            return process, line.strip().split("=", 1)[1], started
     raise SystemExit(f"stepbatch db serve did not start: {process.stderr.read()}")
 
 
@@ -84,6 +92,9 @@ def main() -> None:
     parser.add_argument("--cache-only", action="store_true")
     parser.add_argument("--probe", type=int, default=60_000, help="proofs per history probe (0: none)")
     parser.add_argument("--replot", metavar="JSON", help="only draw --plot again from a --json of an earlier run")
+    parser.add_argument("--servers", default=None,
+                        help="embedded servers to commit on, one after the other (rust,python; default: "
+                             "the default one, or MONGODB_URI)")
     args = parser.parse_args()
     if args.replot:
         with open(args.replot) as handle:
@@ -122,12 +133,38 @@ def main() -> None:
     validate_rate = proofs.num_rows / validate_s
     print(f"(a) validate-only: {validate_rate:,.0f} proofs/s ({validate_s:.1f} s)", flush=True)
 
+    servers = args.servers.split(",") if args.servers else [None]
+    reports = [commit_on(server, args, config, traffic, proofs, cuts, probes, validate_rate)
+               for server in servers]
+    if len(reports) > 1:
+        print(f"\nvalidate-only: {validate_rate:,.0f} proofs/s\n"
+              "server | committed proofs/s | committed / validate-only | batch time per document, first / "
+              "last tenth (µs) | its first / last (flat: 1) | proofs/s, last / first tenth | probe after / "
+              "before")
+        for report in reports:
+            probes_per_s = report["probes_per_s"]
+            print(f"{report['server']} | {report['commit_per_s']:,.0f} | {report['ratio']:.3f} | "
+                  f"{report['first_tenth_us_per_write']:,.0f} / {report['last_tenth_us_per_write']:,.0f} | "
+                  f"{report['first_tenth_us_per_write'] / report['last_tenth_us_per_write']:.2f} | "
+                  f"{report['last_tenth_per_s'] / report['first_tenth_per_s']:.2f} | "
+                  + (f"{probes_per_s[1] / probes_per_s[0]:.2f}" if len(probes_per_s) == 2 else "-"))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(reports if len(reports) > 1 else reports[0], handle, indent=1)
+    if args.plot:
+        plot(reports[0], args.plot)
+
+
+def commit_on(server_name: str | None, args, config: Config, traffic, proofs, cuts, probes,
+              validate_rate: float) -> dict:
+    """(b)-(d) on one server: `stepbatch db serve` of `server_name` (MONGODB_URI when None and set)."""
     server = None
-    uri = os.environ.get("MONGODB_URI")
-    data_dir = None
+    uri = os.environ.get("MONGODB_URI") if server_name is None else None
+    data_dir, server_title = None, "MONGODB_URI"
     if not uri:
         data_dir = tempfile.mkdtemp(prefix="stepbatch-bench-state-")
-        server, uri = serve_database(data_dir)
+        server, uri, server_title = serve_database(data_dir, server_name)
+        print(f"\ncommitting on {server_title}", flush=True)
     try:
         with MongoStore(uri, "bench_state", config=config, recreate=True) as store, \
                 Validator(store, config) as validator:
@@ -171,6 +208,8 @@ def main() -> None:
             server.wait(timeout=60)
     on_disk = sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(data_dir)
                   for name in names) if data_dir else None
+    if data_dir:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
     commit_rate = proofs.num_rows / commit_s
     rates = np.array([rows / seconds for rows, seconds, _ in per_batch])
@@ -197,7 +236,7 @@ def main() -> None:
           f"ratio {first_us / last_us:.2f}; documents written: {writes_by_kind}")
     print(f"    cache: {cache['accounts']:,} accounts, {cache['triangles']:,} triangles, {cache['nonces']:,} nonces, "
           f"~{cache['bytes'] / 2**20:.0f} MiB; process peak RSS {peak_rss_mb:,.0f} MiB")
-    report = {"proofs": proofs.num_rows, "walkers": args.walkers, "batch": args.batch,
+    report = {"server": server_title, "proofs": proofs.num_rows, "walkers": args.walkers, "batch": args.batch,
               "validate_per_s": validate_rate, "commit_per_s": commit_rate,
               "ratio": commit_rate / validate_rate, "first_tenth_per_s": first, "last_tenth_per_s": last_tenth,
               "cache": cache, "peak_rss_mb": peak_rss_mb, "stages_s": stages, "writes": writes_by_kind,
@@ -206,11 +245,8 @@ def main() -> None:
               "writes_per_batch": [{k: v - before.get(k, 0) for k, v in now.items()}
                                    for before, now in zip([{}] + kinds, kinds)],
               "per_batch": per_batch}
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=1)
-    if args.plot:
-        plot(report, args.plot)
+    return report
+
 
 
 def plot(report: dict, path: str) -> None:

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from stepbatch.cli.gen import write_traffic
     from stepbatch.config import Config
     from stepbatch.mesh.regions import IdRegion
+    from stepbatch.store import servers
     from stepbatch.store.mongo import MongoStore
     from stepbatch.tools import gen
     from stepbatch.tools.replay import ProgressBar, print_summary, replay
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     say = print
     started = time.perf_counter()
 
-    say(f"1/4 database: {'MONGODB_URI' if config.mongodb_uri else 'embedded SecantusDB'}, "
+    say(f"1/4 database: {'MONGODB_URI' if config.mongodb_uri else 'embedded ' + servers.chosen().title}, "
         f"database {config.db_name} (recreated)")
     store = MongoStore(config.mongodb_uri, config.db_name, config=config, recreate=True)
     try:
