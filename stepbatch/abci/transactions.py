@@ -23,6 +23,7 @@ import hashlib
 from typing import NamedTuple, Sequence
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from stepbatch.ingest import ndjson
@@ -61,8 +62,16 @@ class Decoded(NamedTuple):
 
 
 def decode(tx: bytes) -> tuple[str, list]:
-    """(kind, the JSON values of its rows) of one transaction; an invalid one is one `BadLine`."""
-    value = ndjson.decode_value(bytes(tx))
+    """(kind, the JSON values of its rows) of one transaction; an invalid one is one `BadLine`.
+
+    orjson reads what it accepts (strict UTF-8 and JSON, no lone surrogates, bounded nesting) at a
+    tenth of the cost; what it refuses is read again by ingest's exact reader, which says why, or reads
+    what strict JSON refuses but Python's reader takes (`NaN`, integers beyond 64 bits) exactly as the
+    service does. Both give the same value for what both accept."""
+    try:
+        value = orjson.loads(tx)
+    except orjson.JSONDecodeError:
+        value = ndjson.decode_value(bytes(tx))
     if isinstance(value, ndjson.BadLine):
         return Kind.INVALID, [ndjson.BadLine(f"{SHAPE}; this one is {value.message}")]
     if isinstance(value, dict):
