@@ -122,6 +122,7 @@ def drill(args, work: pathlib.Path) -> dict:
         "backup_s": round(backup_done["report"].seconds, 1),
         "backup_mib": round(backup_done["report"].bytes / 2**20, 1),
         "backup_documents": sum(backup_done["report"].counts.values()),
+        "backup_read_in": manifest["readIn"],
         "rpo_backup_alone_proofs": lacking_rows,
         "rpo_backup_alone_s": round(write_ended - backup_done["snapshot_at"], 1),
         "rpo_with_archive_proofs": 0,

@@ -78,6 +78,7 @@ def backup(db, directory: str | os.PathLike) -> BackupReport:
     try:
         with _snapshot(db) as session:
             seq = database.read_seq(db, session=session)
+            read_in = "snapshot session" if session.options.snapshot else "snapshot transaction"
             for name in names:
                 collections[name] = _dump(db[name], target, session)
             digest = state_digest(_SessionBound(db.with_options(codec_options=_DECODED), session))
@@ -87,7 +88,7 @@ def backup(db, directory: str | os.PathLike) -> BackupReport:
         (target / f"{name}.metadata.json").write_text(json_util.dumps(meta, indent=1) + "\n")
         collections[name]["indexes"] = len(meta["indexes"])
     manifest = {
-        "format": FORMAT, "database": db.name, "seq": seq, "stateDigest": digest,
+        "format": FORMAT, "database": db.name, "seq": seq, "stateDigest": digest, "readIn": read_in,
         "takenAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
         "layoutVersion": (db.meta.find_one({"_id": database.LAYOUT_ID}) or {}).get("version"),
         "collections": collections,
