@@ -44,6 +44,7 @@ def _batches(traffic):
             for k, first in enumerate(range(0, proofs.num_rows, BATCH_ROWS))]
 
 
+@pytest.mark.both_servers
 def test_a_backup_taken_while_a_writer_commits_restores_the_state_at_its_sequence(
         traffic, mongo_uri, mongo_db_name, tmp_path):
     archive = BatchArchive(tmp_path / "archive")
@@ -104,6 +105,7 @@ def test_a_backup_taken_while_a_writer_commits_restores_the_state_at_its_sequenc
             client.drop_database(restored_name)
 
 
+@pytest.mark.both_servers
 def test_restore_refuses_a_database_that_is_not_empty_without_force(
         traffic, mongo_uri, mongo_db_name, tmp_path, capsys):
     other = mongo_db_name + "_other"
