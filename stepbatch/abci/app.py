@@ -260,8 +260,8 @@ class StepApplication:
             started = time.perf_counter()
             result = self.validator.validate(decoded.proofs, batch_id, block_ms, stateless=stateless, fresh=True)
             validate_ms = (time.perf_counter() - started) * 1000 + spent_ms
-            plan = self.store.stage(result.outcome)
-            app_hash = chain_genesis.next_app_hash(self.app_hash, result.digest, written_state_digest(plan))
+            self.store.stage(result.outcome)
+            app_hash = chain_genesis.next_app_hash(self.app_hash, result.digest, written_state_digest(result.outcome))
             self._pending = _Pending(request.height, result, app_hash)
         tx_results = block_tx_results(self.t, decoded, result)
         if self.metrics is not None:

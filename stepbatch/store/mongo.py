@@ -207,17 +207,15 @@ class MongoStore:
 
     # ------------------------------------------------------------------------------ commit
 
-    def stage(self, outcome: BatchOutcome) -> layout.CommitPlan:
+    def stage(self, outcome: BatchOutcome) -> None:
         """Put the batch's effects in the cache ahead of its commit, so the next batch validates
         against the state after it while it commits (see `stepbatch.pipeline`), and build its writes
-        meanwhile, so that the database goes from one commit to the next without waiting for them.
-        Returns those writes."""
+        meanwhile, so that the database goes from one commit to the next without waiting for them."""
         plan = self._plan(outcome, dt.datetime.now(dt.timezone.utc))
         with self._lock:
             self._cache_outcome(outcome, plan)
             self._staged[outcome.batch_id] = {doc["_id"] for doc in plan.nonces}
             self._plans[outcome.batch_id] = (outcome, plan)
-        return plan
 
     def discard_staged(self) -> None:
         """Forget every staged outcome (and so the cache): their commits will not happen."""

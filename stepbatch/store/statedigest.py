@@ -17,6 +17,7 @@ import hashlib
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from bson import ObjectId
 from bson.datetime_ms import DatetimeMS
@@ -54,22 +55,27 @@ def state_digest(db) -> str:
     return sha.hexdigest()
 
 
-def written_state_digest(plan: layout.CommitPlan) -> bytes:
-    """SHA-256 of the state documents a commit sets: every account, triangle and nonce document it
-    inserts, and the `_id` and `$set` fields of every one it updates, as canonical texts (without
-    write times) sorted by collection and `_id`. A consensus node chains it into its app hash, so a
-    node whose stored state has drifted from the others' (a write-path or cache bug, a database
-    changed behind its back) computes another hash at the first block that writes what drifted."""
-    written = [("accounts", doc) for doc in plan.account_inserts]
-    written += [("accounts", {**query, **update["$set"]}) for query, update in plan.account_updates]
-    written += [("triangles", doc) for doc in plan.triangle_inserts]
-    written += [("triangles", {**query, **update["$set"]}) for query, update in plan.triangle_updates]
-    written += [("nonces", doc) for doc in plan.nonces]
-    written.sort(key=lambda entry: (entry[0], entry[1]["_id"]))
-    sha = hashlib.sha256(b"STEP-WRITTEN-STATE-v1\n")
-    for collection, doc in written:
-        sha.update(f"{collection}\t{_canonical_text(doc)}\n".encode())
-    return sha.digest()
+def written_state_digest(outcome) -> bytes:
+    """SHA-256 of the state a batch's commit sets: per account it writes, the balance, proof count and
+    last proof (latitude and longitude as exact float hex, time in ms); per triangle it writes, the
+    state and clicks; per nonce, its id. One line each, sorted. A consensus node chains it into its
+    app hash, so a node whose stored state has drifted from the others' (a write-path or cache bug, a
+    database changed behind its back) computes another hash at the first block that writes what
+    drifted. (What else a commit writes, the verdicts and a triangle's `lastClickAt`, follows from
+    the verdict digest.)"""
+    keys, prior, final = outcome.keys, outcome.prior, outcome.final
+    changed = np.flatnonzero(final.account_proof_count != prior.account_proof_count)
+    accounts = pc.take(keys.accounts, pa.array(changed, pa.int64())).to_pylist()
+    lines = [f"accounts\t{address}\t{int(final.account_balance_micro[i])}\t{int(final.account_proof_count[i])}\t"
+             f"{float(final.account_last_lat[i]).hex()}\t{float(final.account_last_lon[i]).hex()}\t"
+             f"{int(final.account_last_ts_ms[i])}" for i, address in zip(changed.tolist(), accounts)]
+    written = np.flatnonzero(layout.triangles_written(outcome))
+    triangles = pc.take(keys.triangles, pa.array(written, pa.int64())).to_pylist()
+    lines += [f"triangles\t{triangle_id}\t{int(final.triangle_state[i])}\t{int(final.triangle_clicks[i])}"
+              for i, triangle_id in zip(written.tolist(), triangles)]
+    lines += [f"nonces\t{doc['_id']}" for doc in layout.nonce_documents(outcome)]
+    lines.sort()
+    return hashlib.sha256("STEP-WRITTEN-STATE-v1\n".encode() + "\n".join(lines).encode()).digest()
 
 
 def _not_implied(triangles: list[dict], regions: Regions) -> list[dict]:
