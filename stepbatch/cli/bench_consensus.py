@@ -108,6 +108,7 @@ async def _drive(rpcs, bodies, members, offsets, connections, broadcast, rate):
                                              blocks, start, done))
 
         async def send(k: int, again: bool = False) -> None:
+            # Each refusal settles at least one proof, so a batch goes again at most once per proof.
             rows = members[k]
             if not again:
                 submitted[rows] = time.monotonic() - start if offsets is None else offsets[rows]
@@ -125,13 +126,14 @@ async def _drive(rpcs, bodies, members, offsets, connections, broadcast, rate):
                 if code == 0:
                     return
                 # Refused by CheckTx: never in a block. A ProofBatch's log names its refused proofs.
-                named = refused_proofs(result.get("log") or "") if batch else {}
+                named = {j: refusal for j, refusal in refused_proofs(result.get("log") or "").items()
+                         if j < len(rows)} if batch else {}
                 settled = named or dict.fromkeys(range(len(rows)), (code, ""))
                 for j, (refused_code, _) in settled.items():
                     name = names[refused_code] if refused_code < len(names) else str(refused_code)
                     codes[rows[j]], refused[rows[j]] = f"REFUSED_{name}", time.monotonic() - start
                 rest = [row for j, row in enumerate(rows) if j not in settled]
-                if rest and not again:
+                if rest and named:
                     members.append(rest)
                     txs.append(_transaction(bodies, rest, batch))
                     hashes[hashlib.sha256(txs[-1]).hexdigest().upper()] = len(txs) - 1

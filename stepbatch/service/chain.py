@@ -37,7 +37,6 @@ from stepbatch.validator import BatchResult
 log = logging.getLogger("stepbatch.service")
 COMMIT_WAIT_S = 60.0  # a transaction not in a block by then is answered with an error
 POLL_S = 0.05  # how often the chain's height is read while transactions wait (when none do, once a second)
-RESENDS = 2  # times a batch is sent again without the proofs its node refused
 
 
 class ChainError(RuntimeError):
@@ -162,12 +161,9 @@ class ChainPipeline:
         pending = [i for i in range(n) if codes[i] < 0]
         for start in range(0, len(pending), MAX_BATCH_PROOFS):
             rows = pending[start:start + MAX_BATCH_PROOFS]
-            for _ in range(RESENDS + 1):
-                if not rows:
-                    break
+            # Each refusal settles at least one proof, so a batch goes again at most once per proof.
+            while rows:
                 rows = self._send(rows, documents, codes, messages, rewards, clicks, balances, heights)
-            for i in rows:
-                codes[i], messages[i] = Code.INVALID_PAYLOAD, "the node kept refusing this proof's batch"
         verdicts = pa.table({
             "index": pa.array(np.arange(n), pa.int64()), "account": table.column("account"),
             "nonce": table.column("nonce"), "triangle_id": table.column("triangle_id"),
@@ -247,14 +243,13 @@ def _refused(rows: list[int], code: int, text: str, codes, messages) -> list[int
     if len(rows) == 1:
         codes[rows[0]], messages[rows[0]] = code if code < len(CODE_NAMES) else Code.INVALID_PAYLOAD, text
         return []
-    named = refused_proofs(text)
-    if not named:  # a refusal that names no proof (an internal error): nothing can be resent
+    named = {k: refusal for k, refusal in refused_proofs(text).items() if k < len(rows)}
+    if not named:  # a refusal that names no proof of the batch (an internal error): nothing can go again
         for i in rows:
             codes[i], messages[i] = Code.INVALID_PAYLOAD, text
         return []
     for k, (refused_code, message) in named.items():
-        if k < len(rows):
-            codes[rows[k]], messages[rows[k]] = refused_code, message
+        codes[rows[k]], messages[rows[k]] = refused_code, message
     return [i for k, i in enumerate(rows) if k not in named]
 
 
