@@ -334,6 +334,15 @@ def test_a_gateway_answers_each_phone_once_its_block_is_committed(net):
     forged = {**signed_proof(key, here, "gw-2", int(time.time() * 1000)), "signature": proof["signature"]}
     status, refused = _http("POST", f"{apis[2]}/proof/submit", orjson.dumps(forged))
     assert status == 401 and refused["code"] == "BAD_SIGNATURE", refused
+    # A bulk request whose batch the node refuses for one proof: that one is answered with the node's
+    # reason, the others are sent again and committed.
+    others = [signed_proof(hashlib.sha256(b"gw-bulk-%d" % k).digest(), here, f"gw-bulk-{k}", int(time.time() * 1000))
+              for k in range(3)]
+    bulk = [others[0], {**others[1], "signature": others[2]["signature"]}, others[2]]
+    request = urllib.request.Request(f"{apis[1]}/proofs", orjson.dumps(bulk), {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        rows = [json.loads(line) for line in reply.read().splitlines()]
+    assert [row["code"] for row in rows] == ["ACCEPTED", "BAD_SIGNATURE", "ACCEPTED"], rows
     # Reads come from each node's committed state.
     account = signing.address_of(key).lower()
     wait_until(lambda: (rpc_height(net.rpcs[3]) or 0) >= height, timeout_s=60, what="node 3 to commit the block")
