@@ -24,6 +24,7 @@ COMMANDS = {
     "serve": "serve",
     "abci": "abci",
     "localnet": "localnet",
+    "sign": "sign",
 }
 
 
