@@ -212,11 +212,13 @@ def commit_on(server_name: str | None, args, config: Config, traffic, proofs, cu
         shutil.rmtree(data_dir, ignore_errors=True)
 
     commit_rate = proofs.num_rows / commit_s
-    rates = np.array([rows / seconds for rows, seconds, _ in per_batch])
-    write_us = np.array([seconds / max(writes, 1) * 1e6 for _, seconds, writes in per_batch])
-    tenth = max(len(rates) // 10, 1)
-    first, last_tenth = rates[:tenth].mean(), rates[-tenth:].mean()
-    first_us, last_us = write_us[:tenth].mean(), write_us[-tenth:].mean()
+    # Over each tenth of the batches: its proofs over its time, its time over its documents. (The
+    # pipeline can hand two batches over at once, so one batch's own figures may be 0 s or double.)
+    rows, seconds, writes = (np.array(column, float) for column in zip(*per_batch))
+    tenth = max(len(per_batch) // 10, 1)
+    first, last_tenth = (rows[part].sum() / seconds[part].sum() for part in (slice(tenth), slice(-tenth, None)))
+    first_us, last_us = (seconds[part].sum() / max(writes[part].sum(), 1) * 1e6
+                         for part in (slice(tenth), slice(-tenth, None)))
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"(b) committed through the pipeline: {commit_rate:,.0f} proofs/s ({commit_s:.1f} s, "
           f"{committed:,} accepted proofs committed)")

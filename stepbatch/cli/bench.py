@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure_here(args, config) -> tuple[dict, str]:
+    from stepbatch.store import servers
     from stepbatch.store.embedded import EmbeddedServer
 
     traffic = _traffic(args)
@@ -118,7 +119,7 @@ def _measure_here(args, config) -> tuple[dict, str]:
         finally:
             if server is not None:
                 server.close()
-    return report, "MONGODB_URI" if config.mongodb_uri else "embedded SecantusDB"
+    return report, "MONGODB_URI" if config.mongodb_uri else f"embedded {servers.chosen().title}"
 
 
 def _fill_defaults(args) -> None:
