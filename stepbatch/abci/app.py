@@ -31,6 +31,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stepbatch import logs
 from stepbatch.abci import genesis as chain_genesis
 from stepbatch.abci import protos, queries, transactions
 from stepbatch.abci.mempool import Mempool
@@ -117,6 +118,8 @@ class StepApplication:
         self.chain: dict | None = self._read_chain()
         if self.chain is not None:
             self._start_engine(self.chain["gates"])
+        if self.metrics is not None:
+            self.metrics.height.set(self.height)
 
     def _read_chain(self) -> dict | None:
         return self.store.db.meta.find_one({"_id": CHAIN_ID})
@@ -269,9 +272,9 @@ class StepApplication:
             hits, misses = self.memo.hits, self.memo.misses
             self.metrics.memo_lookups(hits - self._memo_seen[0], misses - self._memo_seen[1])
             self._memo_seen = (hits, misses)
-        log.info(orjson.dumps({"event": "block", "height": request.height, "txs": len(request.txs),
-                               "proofs": decoded.proofs.num_rows, "counts": result.counts,
-                               "digest": result.digest, "app_hash": app_hash.hex()}).decode())
+        logs.event(log, "block", batch_id=batch_id, height=request.height, txs=len(request.txs),
+                   proofs=decoded.proofs.num_rows, counts=result.counts, digest=result.digest,
+                   app_hash=app_hash.hex(), validate_ms=round(validate_ms, 1))
         # This node's own timings, as a block event: not part of any hash, read by `bench --target cometbft`.
         timing = self.t.Event(type="stepbatch", attributes=[
             self.t.EventAttribute(key="validate_ms", value=f"{validate_ms:.3f}"),

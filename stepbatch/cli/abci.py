@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
 import signal
@@ -67,12 +66,16 @@ def _with_one_libm() -> None:
 
 def run(args: argparse.Namespace) -> int:
     _with_one_libm()
+    from stepbatch import logs
     from stepbatch.abci import protos, server
     from stepbatch.abci.app import StepApplication
     from stepbatch.config import Config
     from stepbatch.store.mongo import MongoStore
 
-    logging.getLogger("stepbatch.abci").setLevel(logging.INFO)
+    try:
+        logs.configure()
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     config = Config.from_env(mongodb_uri=args.mongodb_uri, db_name=args.db)
     try:
         protos.load()
