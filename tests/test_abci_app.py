@@ -427,6 +427,16 @@ def test_the_app_counts_blocks_verdicts_admissions_and_memo_lookups_in_its_metri
     assert value("stepbatch_abci_signature_memo_hits_total") == 1  # CheckTx recovered it, the block did not
 
 
+def test_info_asked_between_finalize_and_commit_changes_nothing(nodes):
+    node = nodes()
+    node.init()
+    txs = [tx(proof(KEYS[0], mesh.triangle_at(*WORLD_CENTRE, LEVEL), "i", T0_MS))]
+    node.app.finalize_block(node.t.RequestFinalizeBlock(txs=txs, height=1, time=Timestamp(seconds=T0_MS // 1000)))
+    assert node.app.info(node.t.RequestInfo()).last_block_height == 0  # an RPC client's abci_info
+    node.app.commit(node.t.RequestCommit())
+    assert not node.fatal and node.app.info(node.t.RequestInfo()).last_block_height == 1
+
+
 def test_a_block_finalized_but_never_committed_is_executed_again_from_the_database(nodes):
     node, twin = nodes("a"), nodes("b")
     here = mesh.triangle_at(*WORLD_CENTRE, LEVEL)
@@ -436,7 +446,7 @@ def test_a_block_finalized_but_never_committed_is_executed_again_from_the_databa
         each.init()
     # CometBFT went away after FinalizeBlock; its handshake asks Info, then executes the block again.
     first = node.app.finalize_block(node.t.RequestFinalizeBlock(txs=txs, height=1, time=stamp))
-    node.app.info(node.t.RequestInfo())
+    assert node.app.info(node.t.RequestInfo()).last_block_height == 0
     again = node.block(1, txs, T0_MS)
     assert [r.data for r in again.tx_results] == [r.data for r in first.tx_results] == [b"ACCEPTED:122:1"]
     assert again.app_hash == first.app_hash == twin.block(1, txs, T0_MS).app_hash

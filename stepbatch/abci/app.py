@@ -151,12 +151,13 @@ class StepApplication:
     # ---------------------------------------------------------------------------- handshake
 
     def info(self, request):
+        """The last committed height and app hash, from the database. CometBFT asks at its handshake,
+        and RPC clients at any time (`abci_info`), so Info changes nothing."""
         chain = self._read_chain()
-        with self.lock:
-            self.chain = chain
-            self._forget_uncommitted()
+        height = int(chain["height"]) if chain else 0
         return self.t.ResponseInfo(data="stepbatch", version=self.version, app_version=APP_VERSION,
-                                   last_block_height=self.height, last_block_app_hash=self.app_hash)
+                                   last_block_height=height,
+                                   last_block_app_hash=bytes.fromhex(chain["appHash"]) if chain else b"")
 
     def init_chain(self, request):
         genesis = chain_genesis.parse(request.app_state_bytes)
