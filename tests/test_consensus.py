@@ -320,9 +320,10 @@ def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
 
 def test_a_gateway_answers_each_phone_once_its_block_is_committed(net):
     apis = [node["api"] for node in net.state["nodes"]]
-    here = mesh.triangle_at(*WORLD_CENTRE, LEVEL)
+    where = (WORLD_CENTRE[0] + 0.02, WORLD_CENTRE[1] + 0.03)  # a triangle no other test clicks
+    here = mesh.triangle_at(*where, LEVEL)
     key = hashlib.sha256(b"stepbatch-gateway-phone").digest()
-    proof = signed_proof(key, here, "gw-1", int(time.time() * 1000))
+    proof = signed_proof(key, here, "gw-1", int(time.time() * 1000), where)
     status, answer = _http("POST", f"{apis[0]}/proof/submit", orjson.dumps(proof))
     assert status == 200 and answer["ok"] is True, answer
     assert answer["reward"] == "0.000122" and answer["balance"] == "0.000122" and answer["clicks"] >= 1
@@ -331,13 +332,13 @@ def test_a_gateway_answers_each_phone_once_its_block_is_committed(net):
     # The same proof again: the node refuses it at admission, and the phone is told why.
     status, again = _http("POST", f"{apis[1]}/proof/submit", orjson.dumps(proof))
     assert status == 409 and again["code"] == "NONCE_REPLAY", again
-    forged = {**signed_proof(key, here, "gw-2", int(time.time() * 1000)), "signature": proof["signature"]}
+    forged = {**signed_proof(key, here, "gw-2", int(time.time() * 1000), where), "signature": proof["signature"]}
     status, refused = _http("POST", f"{apis[2]}/proof/submit", orjson.dumps(forged))
     assert status == 401 and refused["code"] == "BAD_SIGNATURE", refused
     # A bulk request whose batch the node refuses for one proof: that one is answered with the node's
     # reason, the others are sent again and committed.
-    others = [signed_proof(hashlib.sha256(b"gw-bulk-%d" % k).digest(), here, f"gw-bulk-{k}", int(time.time() * 1000))
-              for k in range(3)]
+    others = [signed_proof(hashlib.sha256(b"gw-bulk-%d" % k).digest(), here, f"gw-bulk-{k}", int(time.time() * 1000),
+                           where) for k in range(3)]
     bulk = [others[0], {**others[1], "signature": others[2]["signature"]}, others[2]]
     request = urllib.request.Request(f"{apis[1]}/proofs", orjson.dumps(bulk), {"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as reply:
