@@ -27,13 +27,10 @@ import threading
 import time
 
 import numpy as np
-import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from stepbatch import logs
 from stepbatch.abci import genesis as chain_genesis
-from stepbatch.abci import protos, queries, transactions
+from stepbatch.abci import protos, queries, results, transactions
 from stepbatch.abci.mempool import Mempool
 from stepbatch.config import Config
 from stepbatch.crypto.recovery import RecoveryMemo
@@ -43,7 +40,6 @@ from stepbatch.store.database import LAYOUT_ID, OLD_COLLECTIONS, SEQ_ID, write_r
 from stepbatch.store.mongo import MongoStore
 from stepbatch.store.statedigest import written_state_digest
 from stepbatch.validator import BatchResult, Validator
-from stepbatch.verdicts import balances_after
 
 log = logging.getLogger("stepbatch.abci")
 CHAIN_ID = "chain"
@@ -267,7 +263,7 @@ class StepApplication:
             self.store.stage(result.outcome)
             app_hash = chain_genesis.next_app_hash(self.app_hash, result.digest, written_state_digest(result.outcome))
             self._pending = _Pending(request.height, result, app_hash)
-        tx_results = block_tx_results(self.t, decoded, result)
+        tx_results = results.block_tx_results(self.t, decoded, result)
         if self.metrics is not None:
             self.metrics.block_finalized(result.counts, validate_ms / 1000)
             hits, misses = self.memo.hits, self.memo.misses
@@ -367,37 +363,3 @@ class StepApplication:
 
     def apply_snapshot_chunk(self, request):
         return self.t.ResponseApplySnapshotChunk(result=self.t.ResponseApplySnapshotChunk.ABORT)
-
-
-def verdict_lines(verdicts: pa.Table) -> list[str]:
-    """Per row, its digest line without the index (SPEC §4): `ACCEPTED:61:3`, `TOO_FAST:0:`."""
-    clicks = pc.fill_null(pc.cast(verdicts.column("click_number"), pa.string()), "")
-    return pc.binary_join_element_wise(verdicts.column("code"), pc.cast(verdicts.column("reward_micro"), pa.string()),
-                                       clicks, ":").to_pylist()
-
-
-def block_tx_results(t, decoded: transactions.Decoded, result: BatchResult) -> list:
-    """One ExecTxResult per transaction (SPEC §8). A one-proof (or invalid) transaction: the verdict's
-    code number, its line as data, its message as log. A ProofBatch: code 0, one line per proof as
-    data, the messages as a JSON array as log. Each carries an unindexed event `stepbatch.balances`:
-    per proof, the account's balance in micro-STEP right after it (empty when rejected), which the
-    gateway answers phones with."""
-    verdicts = result.verdicts
-    lines = verdict_lines(verdicts)
-    messages = verdicts.column("message").to_pylist()
-    codes = [int(Code[name]) for name in verdicts.column("code").to_pylist()]
-    balances = [str(b) if b >= 0 else "" for b in balances_after(verdicts, result.outcome).tolist()]
-    results = []
-    for tx, kind in enumerate(decoded.kinds):
-        rows = decoded.rows_of(tx)
-        event = t.Event(type="stepbatch.balances", attributes=[
-            t.EventAttribute(key="balance_micro", value=",".join(balances[rows]), index=False)])
-        if kind == transactions.Kind.BATCH:
-            results.append(t.ExecTxResult(code=0, data="\n".join(lines[rows]).encode(),
-                                          log=orjson.dumps(messages[rows]).decode(), codespace="stepbatch",
-                                          events=[event]))
-        else:
-            row = rows.start
-            results.append(t.ExecTxResult(code=codes[row], data=lines[row].encode(), log=messages[row],
-                                          codespace="stepbatch", events=[event]))
-    return results

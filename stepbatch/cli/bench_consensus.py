@@ -180,7 +180,6 @@ async def _follow(session, url, height, hashes, members, committed, codes, block
     """Read every block after `height` as it is committed; settle the proofs of the txs it holds."""
     from stepbatch.abci.rpc import time_ms
 
-    names = [code.name for code in Code]
     while not done.is_set():
         if await _height(session, url) <= height:
             await asyncio.sleep(0.05)

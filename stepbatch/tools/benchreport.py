@@ -4,8 +4,6 @@ ratios of a report, the offered rate a walker gives, and declaring the traffic's
 
 from __future__ import annotations
 
-import numpy as np
-
 # Proofs per second that one walker sends on average, measured on generated traffic (gen's walkers
 # prove every 10.5-60 s, with attacks in between): offered rates of 575/1000, 141/300 and 946/2000
 # per second came from the first estimate, 1.25/35.25.
