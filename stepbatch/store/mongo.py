@@ -22,8 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pymongo
 from bson.codec_options import CodecOptions, DatetimeConversion
-from pymongo import UpdateOne
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from stepbatch.config import Config
 from stepbatch.mesh import ids as mesh_ids
@@ -331,14 +330,22 @@ class MongoStore:
 
 
 def _updates(collection, updates: list, what: str, session) -> None:
-    """Apply ({_id}, update) in bulk. The sequence number guards them (see
-    `stepbatch.store.layout`); one that finds no document to update means the document was removed
-    since the batch's state was loaded."""
+    """Apply ({_id}, update) as `update` commands of UPDATE_CHUNK statements. The sequence number
+    guards them (see `stepbatch.store.layout`); one that finds no document to update means the
+    document was removed since the batch's state was loaded.
+
+    The command is built here rather than through `bulk_write`, whose per-update objects and checks
+    cost the commit thread ~14 µs per update (35,524 updates of 10 six-thousand-proof batches: ~0.5 s
+    of a 4.4 s commit, half of which is the server's)."""
     for start in range(0, len(updates), UPDATE_CHUNK):
         part = updates[start:start + UPDATE_CHUNK]
-        result = collection.bulk_write([UpdateOne(*op) for op in part], ordered=False, session=session)
-        if result.matched_count != len(part):
-            raise StaleStateError(f"{len(part) - result.matched_count} of the batch's {what} are gone "
+        reply = collection.database.command("update", collection.name, ordered=False, session=session,
+                                            updates=[{"q": query, "u": update} for query, update in part])
+        if reply.get("writeErrors"):
+            error = reply["writeErrors"][0]
+            raise OperationFailure(error.get("errmsg", "write error"), error.get("code"), reply)
+        if reply.get("n", 0) != len(part):
+            raise StaleStateError(f"{len(part) - reply.get('n', 0)} of the batch's {what} are gone "
                                   f"since its state was loaded")
 
 
