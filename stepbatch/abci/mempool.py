@@ -35,7 +35,7 @@ from stepbatch.store.reads import find_in
 # Proof rows of admitted transactions remembered for re-checks (about 100 bytes each); one that was
 # forgotten is checked again in full.
 ADMITTED_ROWS_KEPT = 1_000_000
-INTERNAL_ERROR = 100  # CheckTx code of a transaction this node could not check (never a verdict code)
+INTERNAL_ERROR = 100  # the code of a CheckTx or Query this node could not answer (never a verdict code)
 CODESPACE = "stepbatch"
 MESSAGES = {
     Code.INVALID_PAYLOAD: "the proof breaks a field rule", Code.UNSUPPORTED_VERSION: "unsupported proof version",

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from stepbatch.store.seed import existing_triangles
 
-NOT_FOUND, BAD_QUERY, INTERNAL_ERROR = 1, 2, 100
+NOT_FOUND, BAD_QUERY = 1, 2  # codes of a query's answer; an internal error is server.INTERNAL_ERROR
 PATHS = "/account/{address}, /triangle/{id}, /proof/{account}/{nonce}, /batch/{height}"
 PROOF_HISTORY_ROWS = 1000
 _ACCOUNT = re.compile(r"0x[0-9a-fA-F]{40}")

@@ -17,6 +17,7 @@ import socketserver
 import urllib.parse
 
 from stepbatch.abci import protos, transactions
+from stepbatch.abci.mempool import CODESPACE, INTERNAL_ERROR
 from stepbatch.store.base import brief
 
 log = logging.getLogger("stepbatch.abci")
@@ -145,7 +146,6 @@ class _Connection(socketserver.BaseRequestHandler):
         return t.Response(**{kind: getattr(app, kind)(getattr(request, kind))})
 
 
-INTERNAL_ERROR = 100  # the code of a CheckTx or Query this node could not answer
 
 
 def _fallback(t, request, text: str):
@@ -153,10 +153,10 @@ def _fallback(t, request, text: str):
     outside input, an exception response only where it does not."""
     kind = None if isinstance(request, Exception) else request.WhichOneof("value")
     if kind == "check_tx":
-        return t.Response(check_tx=t.ResponseCheckTx(code=INTERNAL_ERROR, codespace="stepbatch",
+        return t.Response(check_tx=t.ResponseCheckTx(code=INTERNAL_ERROR, codespace=CODESPACE,
                                                      log=f"this node could not check the transaction: {text}"))
     if kind == "query":
-        return t.Response(query=t.ResponseQuery(code=INTERNAL_ERROR, codespace="stepbatch",
+        return t.Response(query=t.ResponseQuery(code=INTERNAL_ERROR, codespace=CODESPACE,
                                                 log=f"this node could not answer the query: {text}"))
     if kind == "prepare_proposal":
         return t.Response(prepare_proposal=t.ResponsePrepareProposal(txs=transactions.within_bytes(
