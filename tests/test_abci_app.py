@@ -450,3 +450,16 @@ def test_a_block_finalized_but_never_committed_is_executed_again_from_the_databa
     again = node.block(1, txs, T0_MS)
     assert [r.data for r in again.tx_results] == [r.data for r in first.tx_results] == [b"ACCEPTED:122:1"]
     assert again.app_hash == first.app_hash == twin.block(1, txs, T0_MS).app_hash
+
+
+def test_a_block_of_more_rows_than_a_block_may_hold_is_refused_and_never_proposed(nodes):
+    node = nodes()
+    node.init()
+    empty_batch = b"[" + b",".join([b"{}"] * transactions.MAX_BATCH_PROOFS) + b"]"
+    txs = [empty_batch] * (transactions.MAX_BLOCK_ROWS // transactions.MAX_BATCH_PROOFS + 1)
+    answer = node.app.process_proposal(node.t.RequestProcessProposal(txs=txs, hash=b"big", height=1,
+                                                                     time=Timestamp(seconds=T0_MS // 1000)))
+    assert answer.status == node.t.ResponseProcessProposal.REJECT
+    kept = transactions.within_block_limits(txs, 1 << 30)
+    assert len(kept) == len(txs) - 1
+    assert node.block(1, kept[:2], T0_MS).tx_results[0].code == 0  # what fits is an ordinary block

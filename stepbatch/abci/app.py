@@ -218,14 +218,20 @@ class StepApplication:
             never = np.isin(self.validator.stateless(decoded.proofs, None, fresh=True).code, NEVER_ACCEPTED)
             hopeless = {i for j, i in enumerate(unknown) if never[decoded.rows_of(j)].all()}
         kept = [tx for i, tx in enumerate(txs) if i not in hopeless] + self.byzantine_txs
-        return self.t.ResponsePrepareProposal(txs=transactions.within_bytes(kept, request.max_tx_bytes))
+        return self.t.ResponsePrepareProposal(txs=transactions.within_block_limits(kept, request.max_tx_bytes))
 
     def process_proposal(self, request):
-        """Every well-formed block is accepted (bad proofs are rejected row by row when it executes);
-        the stateless stage runs now, on all cores, and is kept for the block's FinalizeBlock."""
+        """Every well-formed block is accepted (bad proofs are rejected row by row when it executes):
+        well-formed is at most MAX_BLOCK_ROWS rows, which only the block's bytes decide. The stateless
+        stage runs now, on all cores, and is kept for the block's FinalizeBlock."""
         block_ms = _ms(request.time)
         started = time.perf_counter()
-        decoded = transactions.decode_all(request.txs)
+        each = [transactions.decode(tx) for tx in request.txs]
+        rows = sum(len(values) for _, values in each)
+        if rows > transactions.MAX_BLOCK_ROWS:
+            log.warning("refusing a proposed block of %d rows (at most %d)", rows, transactions.MAX_BLOCK_ROWS)
+            return self.t.ResponseProcessProposal(status=self.t.ResponseProcessProposal.REJECT)
+        decoded = transactions.decode_all(request.txs, each)
         with self.lock:
             if self.validator is not None:
                 stateless = self.validator.stateless(decoded.proofs, block_ms, fresh=True)
@@ -241,6 +247,14 @@ class StepApplication:
         return self.height + 1 if self.height else int(self.chain["initialHeight"])
 
     def finalize_block(self, request):
+        try:
+            return self._finalize_block(request)
+        except FatalError:
+            raise
+        except Exception as err:  # the database failing, say: this app cannot go on from memory
+            self._fatal(f"FinalizeBlock of height {request.height} failed: {type(err).__name__}: {err}")
+
+    def _finalize_block(self, request):
         block_ms = _ms(request.time)
         with self.lock:
             stored = self._read_chain()

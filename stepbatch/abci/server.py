@@ -159,7 +159,7 @@ def _fallback(t, request, text: str):
         return t.Response(query=t.ResponseQuery(code=INTERNAL_ERROR, codespace=CODESPACE,
                                                 log=f"this node could not answer the query: {text}"))
     if kind == "prepare_proposal":
-        return t.Response(prepare_proposal=t.ResponsePrepareProposal(txs=transactions.within_bytes(
+        return t.Response(prepare_proposal=t.ResponsePrepareProposal(txs=transactions.within_block_limits(
             list(request.prepare_proposal.txs), request.prepare_proposal.max_tx_bytes)))
     if kind == "process_proposal":
         return t.Response(process_proposal=t.ResponseProcessProposal(status=t.ResponseProcessProposal.ACCEPT))

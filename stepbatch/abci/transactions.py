@@ -32,6 +32,11 @@ from stepbatch.ingest.fields import describe_json
 from stepbatch.schema import PROOF_SCHEMA, SIGNED_FIELDS
 
 MAX_BATCH_PROOFS = 1000
+# Rows in one block at most. A proposer pays a few bytes for a row (`{},` in a ProofBatch) that costs
+# every node a verdict, a stored row and ~60 bytes of FinalizeBlock answer: unbounded, a 16 MB block
+# of them would make an answer over the 100 MiB that CometBFT reads from an app, and stop every node.
+# ProcessProposal refuses a block with more, whoever proposed it; honest proposers never make one.
+MAX_BLOCK_ROWS = 100_000
 # The keys of a proof in either shape (SPEC §2); `received_at` and everything else is dropped.
 PROOF_KEYS = frozenset({"payload", *SIGNED_FIELDS, "signature"})
 SHAPE = (f"a transaction is one proof (a JSON object) or a ProofBatch (a JSON array of 1-{MAX_BATCH_PROOFS:,} "
@@ -88,12 +93,11 @@ def decode(tx: bytes) -> tuple[str, list]:
     return Kind.INVALID, [ndjson.BadLine(f"{SHAPE}; this one is {describe_json(value)}")]
 
 
-def decode_all(txs: Sequence[bytes]) -> Decoded:
+def decode_all(txs: Sequence[bytes], decoded: list[tuple[str, list]] | None = None) -> Decoded:
     """Every transaction's rows, as one table; `payload_error` says "proof K: …", K counted from 1 in
-    its transaction."""
+    its transaction. `decoded`: `decode` of each transaction, when the caller has it already."""
     kinds, values, counts = [], [], []
-    for tx in txs:
-        kind, rows = decode(tx)
+    for kind, rows in decoded if decoded is not None else map(decode, txs):
         kinds.append(kind)
         values.extend(rows)
         counts.append(len(rows))
@@ -125,13 +129,15 @@ def _proof_keys(value: dict) -> dict:
     return {k: v for k, v in value.items() if k in PROOF_KEYS}
 
 
-def within_bytes(txs: list[bytes], max_tx_bytes: int) -> list[bytes]:
-    """The first transactions, in order, that fit in `max_tx_bytes` as CometBFT counts a block's data."""
-    kept, size = [], 0
+def within_block_limits(txs: list[bytes], max_tx_bytes: int) -> list[bytes]:
+    """The first transactions, in order, that fit in `max_tx_bytes` as CometBFT counts a block's data
+    and together hold at most MAX_BLOCK_ROWS rows."""
+    kept, size, rows = [], 0, 0
     for tx in txs:
-        cost = proto_size(tx)
-        if size + cost > max_tx_bytes:
+        cost, count = proto_size(tx), len(decode(tx)[1])
+        if size + cost > max_tx_bytes or rows + count > MAX_BLOCK_ROWS:
             break
         kept.append(tx)
         size += cost
+        rows += count
     return kept

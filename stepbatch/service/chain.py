@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from stepbatch import logs
 from stepbatch.abci import rpc
-from stepbatch.abci.mempool import refused_proofs
+from stepbatch.abci.mempool import INTERNAL_ERROR, refused_proofs
 from stepbatch.abci.transactions import MAX_BATCH_PROOFS
 from stepbatch.protocol import CODE_NAMES, Code
 from stepbatch.schema import API_KEYS, VERDICT_SCHEMA
@@ -55,7 +55,7 @@ class BlockFollower:
 
     def __init__(self, rpc_url: str):
         self.rpc_url = rpc_url
-        self._waiting: dict[str, concurrent.futures.Future] = {}
+        self._waiting: dict[str, list[concurrent.futures.Future]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -64,15 +64,20 @@ class BlockFollower:
         self._thread.start()
 
     def wait_for(self, tx_hash: str) -> concurrent.futures.Future:
+        """A future for the block results of `tx_hash`; several senders of the same bytes each get one."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
-            self._waiting[tx_hash] = future
+            self._waiting.setdefault(tx_hash, []).append(future)
         self._wake.set()
         return future
 
-    def forget(self, tx_hash: str) -> None:
+    def forget(self, tx_hash: str, future: concurrent.futures.Future) -> None:
         with self._lock:
-            self._waiting.pop(tx_hash, None)
+            waiting = self._waiting.get(tx_hash, [])
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                self._waiting.pop(tx_hash, None)
 
     def close(self) -> None:
         self._stop.set()
@@ -114,15 +119,16 @@ class BlockFollower:
         results = rpc.call(self.rpc_url, "block_results", height=str(height))["txs_results"] or []
         for tx_hash, outcome in zip(hashes, results):
             with self._lock:
-                future = self._waiting.pop(tx_hash, None)
-            if future is None:
+                futures = self._waiting.pop(tx_hash, [])
+            if not futures:
                 continue
             lines = base64.b64decode(outcome.get("data") or "").decode().split("\n")
             messages = _messages(outcome.get("log") or "")
             balances = next((attr["value"].split(",") for event in outcome.get("events") or []
                              if event.get("type") == "stepbatch.balances" for attr in event.get("attributes") or []
                              if attr.get("key") == "balance_micro"), [""] * len(lines))
-            future.set_result(_Landed(height, lines, messages, balances))
+            for future in futures:
+                future.set_result(_Landed(height, lines, messages, balances))
 
 
 class ChainPipeline:
@@ -189,13 +195,13 @@ class ChainPipeline:
             answer = rpc.broadcast(self.rpc_url, tx)
         except rpc.RpcError as err:
             if "tx already exists in cache" not in str(err):
-                self.follower.forget(tx_hash)
+                self.follower.forget(tx_hash, landed)
                 raise ChainError(f"the node did not take the batch: {err}") from err
             # These very bytes were sent before: their proofs are settled by that transaction, which
             # makes this sending a replay of every proof it accepted.
             earlier = rpc.committed_tx(self.rpc_url, tx)
             if earlier is not None:
-                self.follower.forget(tx_hash)
+                self.follower.forget(tx_hash, landed)
                 result = _Landed(earlier["height"], earlier["data"].split("\n"), _messages(earlier["log"]), [])
             else:
                 result = self._landed(landed, tx_hash)
@@ -203,7 +209,7 @@ class ChainPipeline:
             return []
         code = int(answer.get("code", 0))
         if code != 0:
-            self.follower.forget(tx_hash)
+            self.follower.forget(tx_hash, landed)
             return _refused(rows, code, answer.get("log") or "", codes, messages)
         result = self._landed(landed, tx_hash)
         self._settle(rows, result, codes, messages, rewards, clicks, balances, heights)
@@ -214,7 +220,7 @@ class ChainPipeline:
         try:
             return landed.result(timeout=COMMIT_WAIT_S)
         except concurrent.futures.TimeoutError as err:
-            self.follower.forget(tx_hash)
+            self.follower.forget(tx_hash, landed)
             raise ChainError(f"transaction {tx_hash} was admitted but is in no block after "
                              f"{COMMIT_WAIT_S:g} s") from err
 
@@ -239,7 +245,11 @@ def _messages(log_text: str) -> list[str]:
 
 
 def _refused(rows: list[int], code: int, text: str, codes, messages) -> list[int]:
-    """Settle the proofs a CheckTx answer refuses; the rows that may go again."""
+    """Settle the proofs a CheckTx answer refuses; the rows that may go again. A node that could not
+    check the transaction at all (code INTERNAL_ERROR) said nothing of its proofs: an error, not a
+    verdict."""
+    if code == INTERNAL_ERROR:
+        raise ChainError(f"the node could not check the batch: {text[:300]}")
     if len(rows) == 1:
         codes[rows[0]], messages[rows[0]] = code if code < len(CODE_NAMES) else Code.INVALID_PAYLOAD, text
         return []

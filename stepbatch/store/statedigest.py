@@ -17,6 +17,7 @@ import hashlib
 import json
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from bson import ObjectId
@@ -58,7 +59,8 @@ def state_digest(db) -> str:
 def written_state_digest(outcome) -> bytes:
     """SHA-256 of the state a batch's commit sets: per account it writes, the balance, proof count and
     last proof (latitude and longitude as exact float hex, time in ms); per triangle it writes, the
-    state and clicks; per nonce, its id. One line each, sorted. A consensus node chains it into its
+    state and clicks; per nonce, its id. One line each (a JSON array, so no value's text can pass for
+    another's), sorted. A consensus node chains it into its
     app hash, so a node whose stored state has drifted from the others' (a write-path or cache bug, a
     database changed behind its back) computes another hash at the first block that writes what
     drifted. (What else a commit writes, the verdicts and a triangle's `lastClickAt`, follows from
@@ -66,16 +68,16 @@ def written_state_digest(outcome) -> bytes:
     keys, prior, final = outcome.keys, outcome.prior, outcome.final
     changed = np.flatnonzero(final.account_proof_count != prior.account_proof_count)
     accounts = pc.take(keys.accounts, pa.array(changed, pa.int64())).to_pylist()
-    lines = [f"accounts\t{address}\t{int(final.account_balance_micro[i])}\t{int(final.account_proof_count[i])}\t"
-             f"{float(final.account_last_lat[i]).hex()}\t{float(final.account_last_lon[i]).hex()}\t"
-             f"{int(final.account_last_ts_ms[i])}" for i, address in zip(changed.tolist(), accounts)]
+    lines = [orjson.dumps(["accounts", address, int(final.account_balance_micro[i]), int(final.account_proof_count[i]),
+                           float(final.account_last_lat[i]).hex(), float(final.account_last_lon[i]).hex(),
+                           int(final.account_last_ts_ms[i])]) for i, address in zip(changed.tolist(), accounts)]
     written = np.flatnonzero(layout.triangles_written(outcome))
     triangles = pc.take(keys.triangles, pa.array(written, pa.int64())).to_pylist()
-    lines += [f"triangles\t{triangle_id}\t{int(final.triangle_state[i])}\t{int(final.triangle_clicks[i])}"
+    lines += [orjson.dumps(["triangles", triangle_id, int(final.triangle_state[i]), int(final.triangle_clicks[i])])
               for i, triangle_id in zip(written.tolist(), triangles)]
-    lines += [f"nonces\t{doc['_id']}" for doc in layout.nonce_documents(outcome)]
+    lines += [orjson.dumps(["nonces", doc["_id"]]) for doc in layout.nonce_documents(outcome)]
     lines.sort()
-    return hashlib.sha256("STEP-WRITTEN-STATE-v1\n".encode() + "\n".join(lines).encode()).digest()
+    return hashlib.sha256(b"STEP-WRITTEN-STATE-v1\n" + b"\n".join(lines)).digest()
 
 
 def _not_implied(triangles: list[dict], regions: Regions) -> list[dict]:
