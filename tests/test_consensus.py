@@ -410,7 +410,8 @@ def test_a_crashed_validator_catches_up_to_the_same_state(net):
     # Two of four down: the chain halts; the two left hold the same committed height and state.
     net.kill(0)
     net.kill(3)
-    halted = wait_until(lambda: _stuck(net.rpcs[1], live=2), timeout_s=120, what="node 1 to find no quorum")
+    halted = wait_until(lambda: _stuck(net.rpcs[1], live=2) or _stuck(net.rpcs[2], live=2), timeout_s=180,
+                        what="node 1 or 2 to find no quorum")
     assert wait_until(lambda: _same_app_height(net, [1, 2]), timeout_s=60, what="nodes 1 and 2 to agree") == halted
     assert state_digest(net.database(1)) == state_digest(net.database(2))
     localnet("up", "--dir", str(net.dir))
